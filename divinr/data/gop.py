@@ -14,6 +14,7 @@ spaced over all latent frames of all GoPs; the INR is queried at these coordinat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +67,51 @@ class GoP:
     num_latent: int
 
 
-def split_gops(frames: torch.Tensor, gop_size: int = 25) -> list[GoP]:
-    """Cut a sequence into VAE-sized GoPs.
+@dataclass(frozen=True)
+class GoPSpan:
+    """Geometry of one GoP without its pixels: what a decoder knows from the header alone."""
 
-    The last GoP may be shorter than ``gop_size``; it is padded by repeating its last frame
-    up to the next 1 + 4k length. A 1-frame tail is a valid GoP (one latent frame).
+    index: int
+    start: int
+    num_real: int
+    num_padded: int
+    latent_start: int
+    num_latent: int
+
+
+def plan_gops(num_frames: int, gop_size: int = 25) -> list[GoPSpan]:
+    """Cut ``num_frames`` into VAE-sized GoPs (the geometry shared by encoder and decoder).
+
+    The last GoP may be shorter than ``gop_size``; it is padded up to the next 1 + 4k length.
+    A 1-frame tail is a valid GoP (one latent frame).
+
+    >>> [g.num_padded for g in plan_gops(60)]
+    [25, 25, 13]
+
+    Args:
+        num_frames: frames of the sequence, >= 1.
+        gop_size: frames per GoP, of the form 1 + 4k.
+
+    Returns:
+        GoP spans in temporal order.
+    """
+    if gop_size < 1 or (gop_size - 1) % TEMPORAL_STRIDE:
+        raise PresetError(f"gop_size {gop_size} is not 1 + 4k as the Wan VAE needs; use e.g. 17, 25 or 33")
+    if num_frames < 1:
+        raise VideoFormatError("the video has no frames; a GoP needs at least one frame")
+    spans: list[GoPSpan] = []
+    latent_start = 0
+    for index, start in enumerate(range(0, num_frames, gop_size)):
+        num_real = min(gop_size, num_frames - start)
+        padded = _padded_length(num_real)
+        num_latent = latent_frame_count(padded)
+        spans.append(GoPSpan(index, start, num_real, padded, latent_start, num_latent))
+        latent_start += num_latent
+    return spans
+
+
+def split_gops(frames: torch.Tensor, gop_size: int = 25) -> list[GoP]:
+    """Cut a sequence into VAE-sized GoPs, padding the last one by repeating its last frame.
 
     >>> [g.frames.shape[0] for g in split_gops(torch.zeros(60, 3, 2, 2))]
     [25, 25, 13]
@@ -80,25 +121,16 @@ def split_gops(frames: torch.Tensor, gop_size: int = 25) -> list[GoP]:
         gop_size: frames per GoP, of the form 1 + 4k.
 
     Returns:
-        GoPs in temporal order.
+        GoPs in temporal order (geometry from :func:`plan_gops`).
     """
-    if gop_size < 1 or (gop_size - 1) % TEMPORAL_STRIDE:
-        raise PresetError(f"gop_size {gop_size} is not 1 + 4k as the Wan VAE needs; use e.g. 17, 25 or 33")
     if frames.ndim != 4:
         raise ValueError(f"expected frames of shape (T, C, H, W), got {tuple(frames.shape)}")
-    total = int(frames.shape[0])
-    if total < 1:
-        raise VideoFormatError("the video has no frames; a GoP needs at least one frame")
     gops: list[GoP] = []
-    latent_start = 0
-    for index, start in enumerate(range(0, total, gop_size)):
-        real = frames[start : start + gop_size]
-        num_real = int(real.shape[0])
-        pad = _padded_length(num_real) - num_real
+    for span in plan_gops(int(frames.shape[0]), gop_size):
+        real = frames[span.start : span.start + span.num_real]
+        pad = span.num_padded - span.num_real
         padded = torch.cat([real, real[-1:].expand(pad, *real.shape[1:])]) if pad else real
-        num_latent = latent_frame_count(padded.shape[0])
-        gops.append(GoP(index, start, num_real, padded, latent_start, num_latent))
-        latent_start += num_latent
+        gops.append(GoP(span.index, span.start, span.num_real, padded, span.latent_start, span.num_latent))
     return gops
 
 
@@ -128,14 +160,14 @@ def merge_gops(gops_frames: list[torch.Tensor], gops: list[GoP]) -> torch.Tensor
     return torch.cat([frames[: gop.num_real] for frames, gop in zip(gops_frames, gops)])
 
 
-def latent_coordinates(gops: list[GoP]) -> list[torch.Tensor]:
+def latent_coordinates(gops: Sequence[GoP | GoPSpan]) -> list[torch.Tensor]:
     """Normalised temporal coordinate of every latent frame, per GoP.
 
     Coordinates are k / (K - 1) over the K latent frames of the whole sequence, so GoPs
     tile [0, 1] without overlap and the INR sees one continuous time axis.
 
     Args:
-        gops: all GoPs of the sequence, from :func:`split_gops`.
+        gops: all GoPs (or spans) of the sequence, from :func:`split_gops` or :func:`plan_gops`.
 
     Returns:
         One float32 tensor of shape (num_latent,) per GoP; a lone latent frame gets 0.0.

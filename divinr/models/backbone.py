@@ -345,6 +345,11 @@ class Backbone:
         video = self.vae.decode(z).sample[0].permute(1, 0, 2, 3)
         return ((video.float() + 1) / 2).clamp(0, 1)
 
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """Compute dtype of the DiT (read from a block weight that adapters never wrap)."""
+        return self.transformer.blocks[0].attn1.to_q.weight.dtype
+
     def predict(
         self,
         z_t: Tensor,
@@ -375,7 +380,7 @@ class Backbone:
             timestep = timestep.expand(batch)
         if timestep.shape != (batch,):
             raise ValueError(f"timestep must be a scalar or shaped ({batch},), got {tuple(timestep.shape)}")
-        dtype = self.transformer.patch_embedding.weight.dtype
+        dtype = self.model_dtype
         if encoder_hidden_states is None:
             encoder_hidden_states = x.new_zeros((batch, 1, self.transformer.config.text_dim))
         out = self.transformer(

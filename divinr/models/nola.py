@@ -510,6 +510,18 @@ def nola_layers(model: nn.Module) -> dict[str, NOLALayer]:
     return {name: found[name] for name in sorted(found, key=_natural_key)}
 
 
+def eject_nola(model: nn.Module) -> None:
+    """Put every adapted layer's original module back (unmerging first), so the model is as loaded.
+
+    The encoder uses this after training to run the decoder's exact path (fresh injection,
+    dequantised coefficients, merge) on the same backbone object.
+    """
+    for name, layer in sorted(nola_layers(model).items(), key=lambda item: _natural_key(item[0])):
+        layer.unmerge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base)
+
+
 def nola_parameters(model: nn.Module) -> list[nn.Parameter]:
     """All trainable coefficients (``alpha`` then ``beta`` per layer), in state-dict order."""
     return [p for layer in nola_layers(model).values() for p in (layer.nola_alpha, layer.nola_beta)]

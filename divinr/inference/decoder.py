@@ -1,0 +1,150 @@
+"""The DiV-INR decoder: bitstream + public backbone -> video (paper Eq. 1).
+
+    header --> INR architecture, NOLA settings, geometry, sampler
+    "inr"  --> dequantised INR --g(f)--> (y, M) per GoP
+    "nola" --> coefficients --merge into W0--> adapted DiT
+    per GoP: z_1 (seeded) --UniPC(DiT(cat(z, M, y)))--> z_0 --VAE--> frames (padding trimmed)
+
+The encoder reconstructs through this same code, so "what the encoder saw" and "what a decoder
+in another process produces" are the same computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from divinr.compression.bitstream import Bitstream, CodecKind, MaskMode, decode_tensors, unpack
+from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
+from divinr.errors import BitstreamError
+from divinr.inference.sampler import initial_noise, sample
+from divinr.models.backbone import Backbone, backbone_fingerprint
+from divinr.models.inr import LatentINR
+from divinr.models.nola import NOLALayer, inject_nola, load_nola_state_dict, merge_nola, nola_state_dict
+
+
+@dataclass
+class Decoded:
+    """Decoder output: frames (T, 3, H, W) in [0, 1] on CPU, the sampled latents per GoP, fps."""
+
+    frames: torch.Tensor
+    latents: list[torch.Tensor]
+    fps: float
+
+
+def build_inr_from_stream(stream: Bitstream) -> LatentINR:
+    """Rebuild the INR from the header and load its dequantised tensors."""
+    header = stream.header
+    size = header.latent_size if header.kind == CodecKind.DIVINR else (header.height, header.width)
+    inr = LatentINR(header.inr, size)
+    expected = {name: tuple(t.shape) for name, t in inr.state_dict().items()}
+    inr.load_state_dict(decode_tensors(stream.inr_section, expected, header.quant_bits))
+    return inr.eval()
+
+
+def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
+    """Inject NOLA as the header describes, load the coefficients and merge them into W0."""
+    header = stream.header
+    if any(isinstance(m, NOLALayer) for m in backbone.transformer.modules()):
+        raise ValueError("the backbone already carries NOLA adapters; decode with a freshly loaded backbone")
+    names = inject_nola(backbone.transformer, header.nola, extra_targets=backbone.nola_extra_targets())
+    if len(names) != header.nola_layers:
+        raise BitstreamError(
+            f"the stream adapts {header.nola_layers} layers but backbone {header.backbone!r} offers {len(names)}; "
+            "decode with the backbone it was encoded for"
+        )
+    if names:
+        expected = {k: tuple(v.shape) for k, v in nola_state_dict(backbone.transformer).items()}
+        load_nola_state_dict(backbone.transformer, decode_tensors(stream.nola_section, expected, header.quant_bits))
+        merge_nola(backbone.transformer)
+
+
+def check_backbone(backbone: Backbone, stream: Bitstream, fingerprint: bytes | None = None) -> None:
+    """Refuse to decode with a backbone other than the encoder's (the output would be garbage)."""
+    header = stream.header
+    if backbone.preset.name != header.backbone:
+        raise BitstreamError(
+            f"the stream was encoded with backbone {header.backbone!r}, not {backbone.preset.name!r}; "
+            f"decode with --backbone {header.backbone}"
+        )
+    fingerprint = backbone_fingerprint(backbone) if fingerprint is None else fingerprint
+    if fingerprint != header.backbone_fingerprint:
+        raise BitstreamError(
+            f"backbone {header.backbone!r} has different weights (fingerprint {fingerprint.hex()[:12]} vs the "
+            f"stream's {header.backbone_fingerprint.hex()[:12]}); use the exact weights the encoder used"
+        )
+
+
+@torch.no_grad()
+def reconstruct(
+    backbone: Backbone,
+    stream: Bitstream,
+    inr: LatentINR,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_gop: Callable[[GoPSpan, torch.Tensor], None] | None = None,
+) -> Decoded:
+    """Sample every GoP with the adapted backbone (NOLA already merged) and decode to frames."""
+    header = stream.header
+    spans = plan_gops(header.frames, header.gop_size)
+    coords = latent_coordinates(spans)
+    h, w = header.latent_size
+    inr = inr.to(device)
+    model_dtype = backbone.model_dtype
+    frames, latents = [], []
+    steps = len(spans) * header.sampler.steps
+    with tqdm(total=steps, desc="decode", unit="step", disable=not progress) as bar:
+        for span, f in zip(spans, coords):
+            out = inr(f.to(device))
+            y = out.y.permute(1, 0, 2, 3).unsqueeze(0)
+            m = out.m.permute(1, 0, 2, 3).unsqueeze(0)
+            if header.mask_mode == MaskMode.ONES:
+                m = torch.ones_like(m)
+            noise = initial_noise((1, y.shape[1], span.num_latent, h, w), header.sampler, span.index).to(device)
+            z0 = sample(
+                lambda x, t: backbone.predict(x, y.to(x.dtype), m.to(x.dtype), t),
+                noise,
+                header.sampler,
+                model_dtype=model_dtype,
+                progress=bar.update,
+            )
+            video = backbone.decode(z0[0])[: span.num_real].cpu()
+            latents.append(z0[0].cpu())
+            frames.append(video)
+            if on_gop is not None:
+                on_gop(span, video)
+    return Decoded(torch.cat(frames), latents, float(header.fps))
+
+
+def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu", batch: int = 8) -> Decoded:
+    """Decode a pixel-space INR stream (the HiNeRV-recipe baseline): evaluate g at every frame."""
+    header = stream.header
+    inr = inr.to(device)
+    f = torch.linspace(0.0, 1.0, header.frames) if header.frames > 1 else torch.zeros(1)
+    with torch.no_grad():
+        frames = torch.cat([inr(f[i : i + batch].to(device)).y.clamp(0, 1).cpu() for i in range(0, header.frames, batch)])
+    return Decoded(frames, [], float(header.fps))
+
+
+def decode_stream(
+    data: bytes,
+    backbone: Backbone | None,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    fingerprint: bytes | None = None,
+) -> Decoded:
+    """Decode a complete bitstream; ``backbone`` must be freshly loaded (None for the pixel baseline)."""
+    stream = unpack(data)
+    inr = build_inr_from_stream(stream)
+    if stream.header.kind == CodecKind.PIXEL_INR:
+        return render_pixel_inr(stream, inr, device=device)
+    if backbone is None:
+        raise BitstreamError(f"this stream needs the {stream.header.backbone!r} backbone to decode")
+    check_backbone(backbone, stream, fingerprint)
+    install_adapters(backbone, stream)
+    return reconstruct(backbone, stream, inr, device=device, progress=progress)

@@ -1,0 +1,71 @@
+"""Per-sequence training data: each GoP's VAE latents, computed once and kept.
+
+The VAE encoder costs far more than a training step of the INR, and the latents of a GoP never
+change, so they are encoded once (optionally cached on disk, keyed by content) and one epoch is
+one pass over the cached GoPs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from divinr.data.gop import GoP, latent_coordinates
+from divinr.models.backbone import Backbone
+
+
+@torch.no_grad()
+def encode_gops(
+    backbone: Backbone, gops: list[GoP], *, cache_dir: str | Path | None = None, fingerprint: bytes = b""
+) -> list[torch.Tensor]:
+    """Normalised VAE latents (16, T', h, w) of each GoP, on CPU.
+
+    With ``cache_dir`` the latents are stored in a file named by a hash of the backbone
+    ``fingerprint`` and the GoP pixels, so an identical re-run (or a resumed sweep) skips the VAE.
+    """
+    path = None
+    if cache_dir is not None:
+        if not fingerprint:
+            raise ValueError("a latent cache needs the backbone fingerprint as part of its key")
+        digest = hashlib.sha256(fingerprint)
+        for gop in gops:
+            digest.update(gop.frames.numpy().tobytes())
+        path = Path(cache_dir) / f"latents-{digest.hexdigest()[:20]}.pt"
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    latents = [backbone.encode(gop.frames).cpu() for gop in gops]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(latents, tmp)
+        os.replace(tmp, path)
+    return latents
+
+
+class LatentGoPs(Dataset):
+    """Items are one GoP each: ``{"latents": (16, T', h, w), "coords": (T',), "index": int}``."""
+
+    def __init__(self, latents: list[torch.Tensor], gops: list[GoP]) -> None:
+        if len(latents) != len(gops):
+            raise ValueError("one latent tensor per GoP is required")
+        self.latents = latents
+        self.coords = latent_coordinates(gops)
+        for lat, f in zip(latents, self.coords):
+            if lat.shape[1] != f.numel():
+                raise ValueError(f"latent frames {lat.shape[1]} do not match the GoP's {f.numel()} coordinates")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        return {"latents": self.latents[index], "coords": self.coords[index], "index": index}
+
+
+def gop_loader(dataset: LatentGoPs, *, shuffle: bool = True, seed: int = 0) -> DataLoader:
+    """One GoP per step (the paper's sample); shuffled with a seeded generator for reproducibility."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=1, shuffle=shuffle, generator=generator, num_workers=0)

@@ -1,0 +1,139 @@
+"""One LightningModule per sequence: frozen Wan backbone + NOLA adapters + latent INR.
+
+Data flow of a training step (one GoP of the sequence):
+
+    f (T',) --INR--> y (16,T',h,w), M (4,T',h,w)
+    z0 (cached VAE latents), eps ~ N(0, I), t ~ logit-normal
+    z_t = (1 - t) z0 + t eps --DiT[NOLA](cat(z_t, M, y), 1000 t)--> v
+    loss = (1 - lambda) ||v - (eps - z0)||^2 + lambda ||y - z0||^2
+
+Only the INR and the NOLA coefficients train; the backbone stays frozen and in eval mode. The
+stage logic (pruning, Quant-Noise, learning rates) lives in :class:`~divinr.training.stages.StageCallback`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from divinr.models.backbone import Backbone
+from divinr.models.inr import LatentINR
+from divinr.models.nola import NOLAConfig, inject_nola, nola_parameters
+from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
+from divinr.training.stages import Phase, StageCallback, total_epochs
+
+
+def to_video_layout(frames_first: torch.Tensor) -> torch.Tensor:
+    """(T', C, h, w) INR output -> (1, C, T', h, w) DiT layout."""
+    return frames_first.permute(1, 0, 2, 3).unsqueeze(0)
+
+
+class DiVINRModule(L.LightningModule):
+    """Trains the INR and NOLA coefficients of one sequence under the dual loss.
+
+    Args:
+        backbone: the frozen Wan transformer + VAE (NOLA is injected here, in place).
+        inr: the latent INR producing (y, M) for temporal coordinates.
+        phases: the stage schedule (also handed to the :class:`StageCallback`).
+        nola: NOLA settings; ``num_bases=0`` trains the INR alone (PEFT-size ablation).
+        loss: lambda schedule and timestep density.
+        mask_mode: ``"learned"`` (the paper) or ``"ones"`` (ablation: M fixed to 1).
+        weight_decay: AdamW decoupled weight decay of both groups.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        inr: LatentINR,
+        phases: list[Phase],
+        nola: NOLAConfig = NOLAConfig(),
+        loss: LossConfig = LossConfig(),
+        *,
+        mask_mode: str = "learned",
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if mask_mode not in ("learned", "ones"):
+            raise ValueError(f"mask_mode must be 'learned' or 'ones', got {mask_mode!r}")
+        self.backbone = backbone
+        self.transformer = backbone.transformer
+        self.inr = inr
+        self.phases = list(phases)
+        self.nola_config = nola
+        self.loss_config = loss
+        self.mask_mode = mask_mode
+        self.weight_decay = weight_decay
+        self.adapted_layers = inject_nola(self.transformer, nola, extra_targets=backbone.nola_extra_targets())
+        # Checkpoints hold only what trains; the backbone comes from its own weights on resume.
+        self.strict_loading = False
+
+    # -- the contract used by StageCallback and the bitstream ---------------------------------
+    def pruning_targets(self) -> list[tuple[str, nn.Parameter]]:
+        return self.inr.decoder_parameters()
+
+    def quantised_targets(self) -> list[tuple[nn.Module, str]]:
+        """Every tensor the bitstream carries: all INR parameters and the NOLA coefficients."""
+        targets = [(module, name) for module in self.inr.modules() for name, _ in module.named_parameters(recurse=False)]
+        for module in self.transformer.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if param.requires_grad:
+                    targets.append((module, name))
+        return targets
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """INR parameters and NOLA coefficients: what a checkpoint needs besides the backbone."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable or k.startswith("inr.")}
+
+    # -- forward ------------------------------------------------------------------------------
+    def condition(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """INR conditioning (y, M) for the latent frames at coordinates ``f``, in DiT layout."""
+        out = self.inr(f)
+        y, m = to_video_layout(out.y), to_video_layout(out.m)
+        if self.mask_mode == "ones":
+            m = torch.ones_like(m)
+        return y, m
+
+    def lambda_at(self, epoch: int, batch_idx: int, batches: int) -> float:
+        progress = (epoch + batch_idx / max(batches, 1)) / max(total_epochs(self.phases), 1)
+        return cosine_lambda(progress, self.loss_config.lambda_start, self.loss_config.lambda_end)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        z0 = batch["latents"]  # (1, 16, T', h, w), already normalised
+        f = batch["coords"][0]  # (T',)
+        y, m = self.condition(f)
+        t = sample_logit_normal(z0.shape[0], self.loss_config.logit_mean, self.loss_config.logit_std, device=z0.device)
+        eps = torch.randn_like(z0)
+        z_t = noisy_latents(z0, eps, t)
+        velocity = self.backbone.predict(z_t, y, m, t * 1000.0)
+        lam = self.lambda_at(self.current_epoch, batch_idx, int(self.trainer.num_training_batches))
+        loss, flow, cond = dual_loss(velocity, z0, eps, y, lam)
+        self.log_dict(
+            {"train/loss": loss, "train/flow": flow, "train/cond": cond, "train/lambda": lam},
+            on_step=False, on_epoch=True, prog_bar=True, batch_size=1,
+        )
+        return loss
+
+    # -- Lightning plumbing -------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        first = self.phases[0]
+        groups = [{"name": "inr", "params": list(self.inr.parameters()), "lr": first.inr_lr}]
+        nola = nola_parameters(self.transformer)
+        if nola:
+            groups.append({"name": "nola", "params": nola, "lr": first.nola_lr})
+        return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [StageCallback(self.phases)]
+
+    def train(self, mode: bool = True) -> "DiVINRModule":
+        """Lightning switches modules to train mode each epoch; the frozen backbone must stay in eval."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
