@@ -1,0 +1,315 @@
+"""The contract every reference codec (anchor) follows, and the raw input they all share.
+
+Anchors are external programs (FFmpeg with x265 or VVenC, the VTM apps). Each one is a small
+class that builds command lines, runs them and measures the result; nothing about rate or
+quality is taken from the programs' own logs::
+
+    frames (T,3,H,W) in [0,1] --write_raw_rgb--> input.rgb (rgb24, written once)
+        --codec.encode--> elementary stream (.hevc / .266 / .bin)  -> bits = file size * 8
+        --codec.decode--> decoded rgb24 file -> (T,3,H,W) in [0,1] for the metrics
+
+Every codec reads the same 8-bit RGB file, so all of them (and divinr) are scored against
+identical input; colour conversion to the codec's YUV format happens inside the codec's own
+command line and is undone with the same matrix on decode.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from divinr.errors import BitstreamError, DivinrError, VideoFormatError
+
+
+class AnchorError(DivinrError):
+    """A reference codec failed to run, or imported anchor data are invalid."""
+
+
+class MissingToolError(AnchorError):
+    """A program a reference codec needs is not installed or lacks the required codec."""
+
+
+@dataclass(frozen=True)
+class RawVideo:
+    """An rgb24 file (frame after frame, row-major, interleaved RGB) that every codec reads.
+
+    Attributes:
+        path: the file.
+        num_frames: number of frames in it.
+        width: frame width in pixels.
+        height: frame height in pixels.
+    """
+
+    path: Path
+    num_frames: int
+    width: int
+    height: int
+
+    @property
+    def num_pixels(self) -> int:
+        """Pixels over all frames, the denominator of bits per pixel."""
+        return self.num_frames * self.width * self.height
+
+
+def write_raw_rgb(frames: torch.Tensor, path: Path) -> RawVideo:
+    """Quantise frames to 8 bits and write them as one rgb24 file.
+
+    Args:
+        frames: (T, 3, H, W) float tensor with values in [0, 1].
+        path: where to write.
+
+    Returns:
+        The file's description; read it back with :func:`read_raw_rgb` to get the exact
+        8-bit reference the decoded frames should be compared with.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3 or not frames.is_floating_point():
+        raise VideoFormatError(
+            f"frames must be a float tensor of shape (T, 3, H, W), got {frames.dtype} "
+            f"{tuple(frames.shape)}; convert the video to RGB floats in [0, 1]"
+        )
+    lo, hi = float(frames.min()), float(frames.max())
+    if not (0.0 <= lo and hi <= 1.0):
+        raise VideoFormatError(
+            f"frame values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; clamp or rescale them"
+        )
+    t, _, h, w = frames.shape
+    pixels = (frames.detach().cpu().float() * 255.0).round().to(torch.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels.permute(0, 2, 3, 1).contiguous().numpy().tofile(path)
+    return RawVideo(path=path, num_frames=t, width=w, height=h)
+
+
+def check_raw_size(path: Path, num_frames: int, width: int, height: int) -> None:
+    """Raise :class:`BitstreamError` unless ``path`` holds exactly that many rgb24 frames."""
+    expected = num_frames * width * height * 3
+    size = os.path.getsize(path)
+    if size != expected:
+        # A decoder that drops or duplicates frames must not be scored as if it had not.
+        raise BitstreamError(
+            f"{path} holds {size} bytes, expected {expected} for {num_frames} frames of "
+            f"{width}x{height} rgb24; the decoder dropped or added frames"
+        )
+
+
+def read_raw_rgb(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+    """Read an rgb24 file back as (T, 3, H, W) floats in [0, 1].
+
+    Args:
+        path: the rgb24 file.
+        num_frames, width, height: its expected geometry.
+
+    Returns:
+        The frames.
+    """
+    check_raw_size(path, num_frames, width, height)
+    data = np.fromfile(path, dtype=np.uint8).reshape(num_frames, height, width, 3)
+    return torch.from_numpy(data).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class RDPoint:
+    """One rate-distortion point of a reference codec (metrics are computed elsewhere).
+
+    Attributes:
+        codec: the codec's registry name (``"x265"``, ``"vvenc"``, ``"vtm"``).
+        label: an honest description, e.g. ``"HEVC (x265 3.5, veryslow, 4:4:4, GoP 16)"``.
+        param: the rate parameter of this point, e.g. ``{"qp": 37}``.
+        bits: size of the elementary stream in bits (file size * 8, no container).
+        bpp: ``bits / (num_frames * width * height)``.
+        num_frames, width, height: the coded video's geometry.
+        commands: the exact command lines run, in order.
+        encode_seconds: wall time of the encode command(s), colour conversion included.
+        decode_seconds: wall time of the decode command(s), colour conversion included.
+        bitstream_path: the elementary stream.
+        decoded_path: the decoded rgb24 file (kept so long videos can be scored frame by frame).
+        decoded: the decoded frames (T, 3, H, W) in [0, 1], or None when not loaded.
+    """
+
+    codec: str
+    label: str
+    param: dict[str, Any]
+    bits: int
+    bpp: float
+    num_frames: int
+    width: int
+    height: int
+    commands: list[str]
+    encode_seconds: float
+    decode_seconds: float
+    bitstream_path: str
+    decoded_path: str
+    decoded: torch.Tensor | None = field(default=None, repr=False)
+
+    def load_decoded(self) -> torch.Tensor:
+        """Read the decoded frames from :attr:`decoded_path`."""
+        return read_raw_rgb(Path(self.decoded_path), self.num_frames, self.width, self.height)
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the decoded frames, as plain JSON-serialisable values."""
+        record = asdict(self)
+        record.pop("decoded")
+        return record
+
+
+def run_command(argv: list[str], tool: str) -> float:
+    """Run one external program and return its wall time in seconds.
+
+    Args:
+        argv: the command line.
+        tool: a short name for error messages (``"ffmpeg"``, ``"EncoderApp"``).
+
+    Returns:
+        Elapsed seconds.
+    """
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise MissingToolError(f"cannot start {tool} ({argv[0]}): {exc.strerror}; check the path") from exc
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
+        raise AnchorError(f"{tool} exited with status {proc.returncode}: {last} (command: {shlex.join(argv)})")
+    return elapsed
+
+
+def param_tag(param: dict[str, Any]) -> str:
+    """A file-name-safe tag for a rate parameter, e.g. ``{"qp": 37}`` -> ``"qp37"``."""
+    return "_".join(f"{key}{value}" for key, value in sorted(param.items()))
+
+
+class ReferenceCodec(ABC):
+    """A conventional codec run as external programs to produce anchor RD points.
+
+    Subclasses build the command lines in :meth:`_encode` and :meth:`_decode`; this class
+    owns the shared parts: writing the input once, measuring the stream size, timing and
+    reading the decoded frames back.
+    """
+
+    name: ClassVar[str]
+    bitstream_suffix: ClassVar[str]
+
+    @abstractmethod
+    def label(self) -> str:
+        """An honest one-line description of codec, version and configuration."""
+
+    @abstractmethod
+    def default_params(self) -> list[dict[str, Any]]:
+        """The default rate sweep, from the lowest rate to the highest."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`MissingToolError` naming what is missing and how to install it."""
+
+    def available(self) -> bool:
+        """Whether :meth:`check` passes."""
+        try:
+            self.check()
+        except MissingToolError:
+            return False
+        return True
+
+    @abstractmethod
+    def validate_param(self, param: dict[str, Any]) -> None:
+        """Raise :class:`divinr.errors.PresetError` if ``param`` is not a valid rate point."""
+
+    @abstractmethod
+    def _encode(self, raw: RawVideo, fps: float, param: dict[str, Any], bitstream: Path) -> list[list[str]]:
+        """The command lines that turn ``raw`` into ``bitstream``."""
+
+    @abstractmethod
+    def _decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> list[list[str]]:
+        """The command lines that turn ``bitstream`` into the rgb24 file ``decoded``."""
+
+    def encode_decode(
+        self,
+        frames: torch.Tensor | RawVideo,
+        fps: float,
+        param: dict[str, Any],
+        workdir: Path,
+        keep_decoded: bool = True,
+    ) -> RDPoint:
+        """Encode and decode one rate point.
+
+        Args:
+            frames: (T, 3, H, W) floats in [0, 1], or an rgb24 file already written with
+                :func:`write_raw_rgb` (pass that when sweeping so the input is written once).
+            fps: frame rate (only signalled in the stream; the rate is set by ``param``).
+            param: the rate point, e.g. ``{"qp": 37}``.
+            workdir: where the stream and the decoded file go.
+            keep_decoded: load the decoded frames into :attr:`RDPoint.decoded`.
+
+        Returns:
+            The measured point.
+        """
+        self.validate_param(param)
+        self.check()
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        raw = frames if isinstance(frames, RawVideo) else write_raw_rgb(frames, workdir / "input.rgb")
+        stem = f"{self.name}_{param_tag(param)}"
+        bitstream = workdir / f"{stem}{self.bitstream_suffix}"
+        decoded = workdir / f"{stem}_decoded.rgb"
+        encode_cmds = self._encode(raw, fps, param, bitstream)
+        encode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in encode_cmds)
+        decode_cmds = self._decode(raw, bitstream, decoded)
+        decode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in decode_cmds)
+        bits = os.path.getsize(bitstream) * 8
+        point = RDPoint(
+            codec=self.name,
+            label=self.label(),
+            param=dict(param),
+            bits=bits,
+            bpp=bits / raw.num_pixels,
+            num_frames=raw.num_frames,
+            width=raw.width,
+            height=raw.height,
+            commands=[shlex.join(cmd) for cmd in encode_cmds + decode_cmds],
+            encode_seconds=encode_seconds,
+            decode_seconds=decode_seconds,
+            bitstream_path=str(bitstream),
+            decoded_path=str(decoded),
+        )
+        # Checked even when not loaded: a wrong frame count must fail here, not in the metrics.
+        check_raw_size(decoded, raw.num_frames, raw.width, raw.height)
+        if keep_decoded:
+            point.decoded = point.load_decoded()
+        return point
+
+    def sweep(
+        self,
+        frames: torch.Tensor | RawVideo,
+        fps: float,
+        workdir: Path,
+        params: list[dict[str, Any]] | None = None,
+        keep_decoded: bool = True,
+    ) -> list[RDPoint]:
+        """Run a rate sweep (default: :meth:`default_params`) on one video.
+
+        Args:
+            frames: as in :meth:`encode_decode`; a tensor is written to disk once.
+            fps: frame rate.
+            workdir: where every point's files go.
+            params: the rate points; None for the default sweep.
+            keep_decoded: load decoded frames into each point.
+
+        Returns:
+            One point per parameter, in the order given.
+        """
+        params = self.default_params() if params is None else params
+        for param in params:
+            self.validate_param(param)
+        workdir = Path(workdir)
+        raw = frames if isinstance(frames, RawVideo) else write_raw_rgb(frames, workdir / "input.rgb")
+        return [self.encode_decode(raw, fps, p, workdir, keep_decoded=keep_decoded) for p in params]
