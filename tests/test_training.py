@@ -1,0 +1,148 @@
+"""The staged training of one sequence on the tiny backbone and a real clip (issue: core codec)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from divinr.codec import EncoderConfig, load_clip, train_codec
+from divinr.data.samples import sample_clip_path
+from divinr.inference.sampler import SamplerConfig
+from divinr.models.backbone import load_backbone
+from divinr.models.nola import eject_nola
+from divinr.training.losses import cosine_lambda
+from divinr.training.stages import Phase, StageCallback, paper_phases, phase_at
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip(sample_clip_path("bikes"), width=128, height=64, max_frames=33)
+
+
+def stored_decoder_weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
+    """The INR decoder weights as stored (not the Quant-Noise view a parametrised forward sees)."""
+    state = module.inr.state_dict()
+    return {name: state[name] for name, _ in module.pruning_targets()}
+
+
+class ZeroCounter(L.Callback):
+    """Counts exactly-zero stored INR decoder weights at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.zeros: list[int] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.zeros.append(sum(int((p == 0).sum()) for p in stored_decoder_weights(pl_module).values()))
+
+
+def stage_of(pl_module: L.LightningModule) -> StageCallback:
+    return next(cb for cb in pl_module.trainer.callbacks if isinstance(cb, StageCallback))
+
+
+@pytest.fixture(scope="module")
+def trained(clip):
+    counter = ZeroCounter()
+    config = EncoderConfig(inr="xxs", phases=paper_phases(8, 4, 4), sampler=SamplerConfig(steps=2))
+    module, fingerprint, history = train_codec(clip, config, callbacks=[counter], progress=False)
+    return module, history, counter.zeros
+
+
+def test_all_three_stages_run_and_losses_go_down(trained) -> None:
+    module, history, _ = trained
+    assert [round(h["stage"]) for h in history] == [0] * 8 + [1] * 4 + [2] * 4
+    first, last = history[:3], history[-3:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "train/cond") < 0.7 * mean(first, "train/cond")
+    assert mean(last, "train/flow") < mean(first, "train/flow")
+    assert history[0]["train/lambda"] > history[-1]["train/lambda"]
+
+
+def test_prune_stage_zeroes_exactly_15_percent_and_they_stay_zero(trained) -> None:
+    module, _, zeros = trained
+    total = sum(p.numel() for _, p in module.pruning_targets())
+    target = round(0.15 * total)
+    dense, pruned = zeros[:8], zeros[8:]
+    assert all(z < target // 10 for z in dense)
+    assert all(abs(z - target) <= 1 for z in pruned), (target, pruned)
+    masks = stage_of(module).masks.state_dict()
+    final = stored_decoder_weights(module)
+    assert abs(sum(int((p == 0).sum()) for p in final.values()) - target) <= 1
+    for name, p in final.items():
+        assert torch.all(p[~masks[name]] == 0)
+
+
+def test_backbone_weights_are_bit_identical_after_training(trained) -> None:
+    module, _, _ = trained
+    eject_nola(module.transformer)
+    fresh = load_backbone("tiny")
+    for before, after in ((fresh.transformer, module.transformer), (fresh.vae, module.backbone.vae)):
+        a, b = before.state_dict(), after.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not module.transformer.training  # stayed in eval mode throughout
+
+
+def test_quant_noise_was_removed_after_training(trained) -> None:
+    module, _, _ = trained
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in module.inr.modules())
+
+
+class StopAfter(L.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+class Snapshot(L.Callback):
+    """Records the stage and masks the stage callback holds at the first step it trains."""
+
+    def __init__(self) -> None:
+        self.seen: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.seen is None:
+            stage = stage_of(pl_module)
+            self.seen = (stage.phase_index, {k: v.clone() for k, v in stage.masks.state_dict().items()})
+
+
+def test_resume_continues_in_the_right_stage_with_masks_intact(clip, tmp_path: Path) -> None:
+    phases = paper_phases(2, 3, 2)
+    config = EncoderConfig(inr="xxs", phases=phases)
+    short = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5)
+    first, _, _ = train_codec(short, config, workdir=tmp_path, callbacks=[StopAfter(3)], progress=False)
+    stage = stage_of(first)
+    assert stage.phase_index == 1
+    masks_before = {k: v.clone() for k, v in stage.masks.state_dict().items()}
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+    snapshot = Snapshot()
+    second, _, history = train_codec(short, config, workdir=tmp_path, callbacks=[snapshot], progress=False)
+    assert [h["epoch"] for h in history] == [4, 5, 6]
+    index, masks_after = snapshot.seen
+    assert index == 1 and phase_at(phases, 4) == (1, 2)
+    assert masks_after.keys() == masks_before.keys()
+    assert all(torch.equal(masks_before[k], masks_after[k]) for k in masks_before)
+    # the resumed INR carries the pruned zeros of the first run
+    for name, p in second.pruning_targets():
+        assert torch.all(p[~masks_before[name]] == 0)
+
+
+def test_resume_with_another_schedule_is_refused() -> None:
+    callback = StageCallback(paper_phases(2, 2, 2))
+    state = callback.state_dict()
+    with pytest.raises(Exception, match="different stage schedule"):
+        StageCallback(paper_phases(3, 2, 2)).load_state_dict(state)
+
+
+def test_schedule_helpers() -> None:
+    phases = [Phase("a", 2), Phase("b", 3)]
+    assert [phase_at(phases, e) for e in range(6)] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]
+    quant = paper_phases()[2]
+    assert quant.inr_lr == pytest.approx(2e-4) and quant.quant_noise == 0.9 and quant.quant_bits == 6
+    assert cosine_lambda(0.5, 1.0, 0.0) == pytest.approx(0.5)
