@@ -1,0 +1,375 @@
+"""Rate-distortion curves from results files: averaging, figures, and Weights & Biases logging.
+
+Sweeps, the experiment runner and Table 1 all draw their curves from :class:`RunResult`
+records through here, so every figure and table averages the same way:
+
+    results.json ... --sequence_curves--> per (dataset, codec, sequence): [(bpp, value)]
+                     --rd_points--------> per (dataset, codec): mean over sequences at each
+                                          rate point of bpp and of the metric
+                     --plot_rd_curves---> rd_<dataset>.png / .pdf (one subplot per metric)
+                     --log_rd_to_wandb--> wandb.Table + line plots + the PNGs
+
+Averaging at equal rate point (not at equal bpp) is what the benchmark papers plot: each
+codec setting (QP, INR preset) gives one point per sequence, and the dataset point is the mean
+of their bpp and their metric values (per-frame -> per-sequence -> per-dataset, as in
+BENCHMARKS.md). Only ``status == "ok"`` results with a positive finite bpp and a finite value
+of the metric count. A rate point missing on some sequence is left out of the dataset average
+(with a warning), since averaging it over fewer sequences would mix different content.
+
+Figures need only matplotlib (Agg canvas, no pyplot state); W&B is optional and never
+required for a figure or a table.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+import sys
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from divinr.data.datasets import DATASETS, dataset_key, dataset_title
+from divinr.errors import DivinrError, unknown_choice
+from divinr.results import RunResult
+
+METRICS = ("psnr", "ms_ssim", "lpips", "dists", "fid")
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID/256"}
+HIGHER_IS_BETTER = {"psnr": True, "psnr_y": True, "ms_ssim": True, "lpips": False, "dists": False, "fid": False}
+ANCHOR_CODEC = "divinr"
+FIGURE_FORMATS = ("png", "pdf", "svg")
+WANDB_COLUMNS = ("dataset", "sequence", "codec", "rate_point", "bpp", *METRICS)
+#: Sequence name of points that are already dataset averages (imported from papers).
+AVERAGE_SEQUENCE = "average"
+_WANDB_HOST = "https://api.wandb.ai"
+_offline_notice_shown = False
+
+Curve = list[tuple[float, float]]
+
+
+class RDWarning(UserWarning):
+    """Some results could not enter a curve (incomplete rate points)."""
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _points_by_sequence(
+    results: Iterable[RunResult], metric: str
+) -> dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]]:
+    """(dataset, codec) -> sequence -> rate point -> (bpp, value), usable results only."""
+    table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for result in results:
+        bpp, value = _finite(result.bpp), _finite(result.metrics.get(metric))
+        if result.status != "ok" or bpp is None or bpp <= 0 or value is None:
+            continue
+        key = (dataset_key(result.dataset), result.codec)
+        points = table[key][result.sequence]
+        if result.rate_point in points:
+            raise DivinrError(
+                f"two results for codec {result.codec!r}, {result.dataset}/{result.sequence}, rate point "
+                f"{result.rate_point!r}; remove the stale run directory"
+            )
+        points[result.rate_point] = (bpp, value)
+    return table
+
+
+def sequence_curves(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str, str], Curve]:
+    """Per-sequence RD curves of one metric.
+
+    Args:
+        results: run results (failed ones and missing values are skipped).
+        metric: a key of ``RunResult.metrics``.
+
+    Returns:
+        ``(dataset key, codec, sequence) -> [(bpp, value), ...]`` sorted by bpp.
+    """
+    return {
+        (dataset, codec, sequence): sorted(points.values())
+        for (dataset, codec), by_sequence in _points_by_sequence(results, metric).items()
+        for sequence, points in by_sequence.items()
+    }
+
+
+def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str], Curve]:
+    """Dataset-average RD curves: at each rate point, mean bpp and mean metric over sequences.
+
+    Rate points that not every sequence of a (dataset, codec) has are dropped with an
+    :class:`RDWarning` (see the module doc). Points whose sequence is ``"average"`` (imported
+    dataset averages) are taken as they are.
+
+    Args:
+        results: run results (failed ones and missing values are skipped).
+        metric: a key of ``RunResult.metrics``.
+
+    Returns:
+        ``(dataset key, codec) -> [(mean bpp, mean value), ...]`` sorted by bpp.
+    """
+    curves: dict[tuple[str, str], Curve] = {}
+    for (dataset, codec), by_sequence in _points_by_sequence(results, metric).items():
+        if AVERAGE_SEQUENCE in by_sequence and len(by_sequence) > 1:
+            warnings.warn(
+                f"{codec} on {dataset_title(dataset)}, {metric}: both per-sequence and {AVERAGE_SEQUENCE!r} points; "
+                "the per-sequence points are averaged and the given average is ignored",
+                RDWarning,
+                stacklevel=2,
+            )
+            by_sequence = {s: p for s, p in by_sequence.items() if s != AVERAGE_SEQUENCE}
+        rate_sets = [set(points) for points in by_sequence.values()]
+        complete = set.intersection(*rate_sets)
+        dropped = set.union(*rate_sets) - complete
+        if dropped:
+            warnings.warn(
+                f"{codec} on {dataset_title(dataset)}, {metric}: rate points {sorted(dropped)} are missing on some "
+                f"sequences and are left out of the dataset average",
+                RDWarning,
+                stacklevel=2,
+            )
+        n = len(by_sequence)
+        curves[(dataset, codec)] = sorted(
+            (
+                sum(points[rp][0] for points in by_sequence.values()) / n,
+                sum(points[rp][1] for points in by_sequence.values()) / n,
+            )
+            for rp in complete
+        )
+    return curves
+
+
+def codec_labels(results: Iterable[RunResult]) -> dict[str, str]:
+    """The first label each codec carries (the honest description of its settings)."""
+    labels: dict[str, str] = {}
+    for result in results:
+        labels.setdefault(result.codec, result.label or result.codec)
+    return labels
+
+
+def dataset_order(datasets: Iterable[str]) -> list[str]:
+    """Registry datasets in registry order (UVG, JVET-B, MCL-JCV), then the others sorted."""
+    present = set(datasets)
+    return [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _atomic_savefig(figure: Any, path: Path, fmt: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format=fmt, dpi=150)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_rd_curves(
+    results: Sequence[RunResult],
+    out_dir: str | Path,
+    metrics: Sequence[str] = METRICS,
+    formats: Sequence[str] = ("png", "pdf"),
+    *,
+    anchor: str = ANCHOR_CODEC,
+    log_x: bool = False,
+) -> list[Path]:
+    """Draw one figure per dataset, one subplot per metric, one line per codec (Fig. 4 style).
+
+    Lines are the dataset averages of :func:`rd_points`; the ``anchor`` codec (DiV-INR) is
+    drawn on top, thicker and in its own colour. Metrics without any point are left out;
+    a dataset without any point gets no figure.
+
+    Args:
+        results: run results.
+        out_dir: folder for ``rd_<dataset>.<format>`` (created).
+        metrics: metrics to plot, in subplot order.
+        formats: file formats, any of ``png``, ``pdf``, ``svg``.
+        anchor: codec to highlight.
+        log_x: logarithmic bpp axis.
+
+    Returns:
+        The written files.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for fmt in formats:
+        if fmt not in FIGURE_FORMATS:
+            raise unknown_choice("figure format", fmt, FIGURE_FORMATS)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = codec_labels(results)
+    curves = {metric: rd_points(results, metric) for metric in metrics}
+    datasets = dataset_order(d for by_key in curves.values() for d, _ in by_key)
+    codecs = sorted({c for by_key in curves.values() for _, c in by_key}, key=lambda c: (c != anchor, c))
+    others = [c for c in codecs if c != anchor]
+    palette = [f"C{i}" for i in range(10) if i != 3]  # C3 (red) is reserved for the anchor
+    markers = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+    style = {c: {"color": palette[i % len(palette)], "marker": markers[i % len(markers)]} for i, c in enumerate(others)}
+    style[anchor] = {"color": "C3", "marker": "*", "linewidth": 2.6, "markersize": 10, "zorder": 10}
+
+    written: list[Path] = []
+    for dataset in datasets:
+        shown = [m for m in metrics if any(d == dataset for d, _ in curves[m])]
+        figure = Figure(figsize=(3.4 * len(shown), 3.6), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, len(shown), squeeze=False)[0]
+        handles: dict[str, Any] = {}
+        for ax, metric in zip(axes, shown):
+            for codec in codecs:
+                points = curves[metric].get((dataset, codec))
+                if not points:
+                    continue
+                kwargs = {"linewidth": 1.3, "markersize": 5, "alpha": 0.9, **style[codec]}
+                (line,) = ax.plot(*zip(*points), label=labels.get(codec, codec), **kwargs)
+                handles.setdefault(codec, line)
+            arrow = "\u2191" if HIGHER_IS_BETTER.get(metric, True) else "\u2193"
+            ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} {arrow}")
+            ax.set_xlabel("bpp")
+            if log_x:
+                ax.set_xscale("log")
+            ax.grid(True, alpha=0.3)
+        figure.suptitle(dataset_title(dataset))
+        ordered = [handles[c] for c in codecs if c in handles]
+        figure.legend(
+            ordered, [h.get_label() for h in ordered], loc="outside lower center", ncols=min(len(ordered), 3),
+            fontsize="small", frameon=False,
+        )
+        for fmt in formats:
+            path = out_dir / f"rd_{dataset}.{fmt}"
+            _atomic_savefig(figure, path, fmt)
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------- Weights & Biases
+
+
+def _has_api_key() -> bool:
+    """Whether W&B would find credentials: its environment variables or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or _WANDB_HOST).netloc
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        try:
+            entry = netrc.netrc(str(path)).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            continue
+        if entry is not None and entry[2]:
+            return True
+    return False
+
+
+def wandb_mode(directory: str | Path | None = None) -> str:
+    """The W&B mode a run should use: ``$WANDB_MODE`` if set, else online with a key, else offline.
+
+    Without credentials an online ``wandb.init`` would prompt or fail; offline runs keep
+    everything on disk for a later ``wandb sync``. The first time offline is chosen, one
+    notice goes to stderr.
+
+    Args:
+        directory: the ``dir`` the run will be created in (default ``$WANDB_DIR`` or the
+            current folder); used only for the notice.
+
+    Returns:
+        ``"online"``, ``"offline"``, or whatever ``$WANDB_MODE`` says (e.g. ``"disabled"``).
+    """
+    global _offline_notice_shown
+    explicit = os.environ.get("WANDB_MODE", "").strip()
+    if explicit:
+        return explicit
+    if _has_api_key():
+        return "online"
+    if not _offline_notice_shown:
+        where = Path(directory or os.environ.get("WANDB_DIR") or os.getcwd()) / "wandb"
+        print(f"W&B: no API key found, logging offline to {where}", file=sys.stderr)
+        _offline_notice_shown = True
+    return "offline"
+
+
+def _wandb_rows(results: Iterable[RunResult]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        if r.status != "ok":
+            continue
+        metrics = [_finite(r.metrics.get(m)) for m in METRICS]
+        rows.append([dataset_key(r.dataset), r.sequence, r.codec, r.rate_point, _finite(r.bpp), *metrics])
+    return rows
+
+
+def log_rd_to_wandb(
+    results: Sequence[RunResult],
+    run: Any = None,
+    *,
+    anchor: str = ANCHOR_CODEC,
+    figure_dir: str | Path | None = None,
+    prefix: str = "rd",
+) -> bool:
+    """Log all RD points, per-dataset line plots and the RD figures to a W&B run.
+
+    Logged keys: ``<prefix>/points`` (a ``wandb.Table`` with :data:`WANDB_COLUMNS`, one row
+    per ok result), ``<prefix>/<dataset>/<metric>`` (``wandb.plot.line_series`` of the
+    dataset averages, one line per codec) and ``<prefix>/<dataset>/figure`` (the PNG of
+    :func:`plot_rd_curves`). W&B problems never propagate: they become a warning, so a sweep
+    never dies in its reporting step.
+
+    Args:
+        results: run results.
+        run: a ``wandb`` run; None uses the active ``wandb.run``.
+        anchor: codec to highlight in the figures.
+        figure_dir: where to write the PNGs (default: a temporary folder).
+        prefix: key prefix.
+
+    Returns:
+        True when something was logged; False when W&B is missing, no run is active, or
+        logging failed.
+    """
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("W&B logging skipped: the wandb package is not installed", RDWarning, stacklevel=2)
+        return False
+    run = run if run is not None else wandb.run
+    if run is None:
+        warnings.warn("W&B logging skipped: no active run; call wandb.init first", RDWarning, stacklevel=2)
+        return False
+    labels = codec_labels(results)
+    try:
+        payload: dict[str, Any] = {
+            f"{prefix}/points": wandb.Table(columns=list(WANDB_COLUMNS), data=_wandb_rows(results))
+        }
+        for metric in METRICS:
+            by_dataset: dict[str, list[tuple[str, Curve]]] = defaultdict(list)
+            for (dataset, codec), points in sorted(rd_points(results, metric).items()):
+                by_dataset[dataset].append((codec, points))
+            for dataset, lines in by_dataset.items():
+                payload[f"{prefix}/{dataset}/{metric}"] = wandb.plot.line_series(
+                    xs=[[p[0] for p in points] for _, points in lines],
+                    ys=[[p[1] for p in points] for _, points in lines],
+                    keys=[labels.get(codec, codec) for codec, _ in lines],
+                    title=f"{dataset_title(dataset)}: {METRIC_LABELS.get(metric, metric)} vs bpp",
+                    xname="bpp",
+                )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(figure_dir) if figure_dir is not None else Path(tmp)
+            for path in plot_rd_curves(results, folder, formats=("png",), anchor=anchor):
+                payload[f"{prefix}/{path.stem.removeprefix('rd_')}/figure"] = wandb.Image(str(path))
+            run.log(payload)  # copies the images into the run before the folder goes away
+    except Exception as exc:  # noqa: BLE001 - any W&B failure must not end a sweep
+        warnings.warn(f"W&B logging failed ({type(exc).__name__}: {exc}); results files are unaffected", RDWarning)
+        return False
+    return True
