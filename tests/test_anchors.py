@@ -418,3 +418,39 @@ def test_default_sweep_at_1024x576(make, tmp_path):
     assert all(np.diff([bpp for _, bpp, _ in results]) < 0)
     assert all(np.diff([psnr for _, _, psnr in results]) < 0)
     assert sum(0.005 <= bpp <= 0.1 for _, bpp, _ in results) >= 4
+
+
+def test_hinerv_encode_and_decode_files(tmp_path: Path) -> None:
+    """The two halves of the HiNeRV baseline, in-process: bitstream file in, rgb24 frames out."""
+    from divinr.anchors.base import write_raw_rgb
+    from divinr.anchors.hinerv import decode_file, encode_file
+    from divinr.cli import stream_info
+
+    frames = load_bikes(5, 64, 48)
+    raw = write_raw_rgb(frames, tmp_path / "in.rgb")
+    encode_file(raw, 25.0, "xxs", tmp_path / "s.dvr", epochs=(2, 1, 1), device="cpu", seed=0)
+    info = stream_info((tmp_path / "s.dvr").read_bytes())
+    assert info["kind"] == "pixel_inr" and info["bits"]["nola"] == 0 and info["frames"] == 5
+    assert info["bpp"] == (tmp_path / "s.dvr").stat().st_size * 8 / (5 * 64 * 48)
+    decode_file(tmp_path / "s.dvr", tmp_path / "out.rgb")
+    assert (tmp_path / "out.rgb").stat().st_size == 5 * 64 * 48 * 3
+
+
+@pytest.mark.slow
+def test_hinerv_baseline_codes_through_the_divinr_bitstream(tmp_path: Path) -> None:
+    """Pixel INR trained with the HiNeRV recipe, coded to a .dvr, decoded in another process."""
+    from divinr.anchors.hinerv import HiNeRVCodec
+    from divinr.cli import stream_info
+
+    frames = load_bikes(9, 64, 48)
+    codec = HiNeRVCodec(presets=("xxs", "xs"), epochs=(4, 2, 2))
+    points = codec.sweep(frames, 25.0, tmp_path)
+    assert [p.param["preset"] for p in points] == ["xxs", "xs"]
+    for point in points:
+        size = os.path.getsize(point.bitstream_path)
+        assert point.bits == size * 8 and point.bpp == size * 8 / (9 * 64 * 48)
+        info = stream_info(Path(point.bitstream_path).read_bytes())
+        assert info["kind"] == "pixel_inr" and info["bits"]["nola"] == 0
+        assert point.decoded.shape == (9, 3, 48, 64)
+        assert psnr_8bit(point.decoded, frames) > 12.0
+    assert points[0].bits < points[1].bits

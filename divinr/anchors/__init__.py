@@ -6,6 +6,7 @@ elementary stream; quality metrics are computed elsewhere on the decoded frames:
 * :class:`X265Codec` -- HEVC, x265 3.5 through the system ffmpeg (the paper's HEVC anchor).
 * :class:`VVenCCodec` -- VVC, VVenC through imageio-ffmpeg's ffmpeg (random access, not VTM).
 * :class:`VTMCodec` -- VVC, the user's VTM EncoderApp/DecoderApp, low-delay P (the paper's).
+* :class:`HiNeRVCodec` -- the HiNeRV-recipe pixel INR, coded with the divinr bitstream.
 
 >>> codec = build_codec("x265", preset="veryslow")   # doctest: +SKIP
 >>> points = codec.sweep(frames, fps=25.0, workdir=Path("runs/x265"))  # doctest: +SKIP
@@ -25,6 +26,7 @@ from divinr.anchors.base import (
     write_raw_rgb,
 )
 from divinr.anchors.ffmpeg import VVenCCodec, X265Codec
+from divinr.anchors.hinerv import HiNeRVCodec
 from divinr.anchors.imported import ImportedPoint, load_imported_points
 from divinr.anchors.vtm import VTMCodec
 from divinr.errors import unknown_choice
@@ -33,6 +35,7 @@ CODECS: dict[str, type[ReferenceCodec]] = {
     X265Codec.name: X265Codec,
     VVenCCodec.name: VVenCCodec,
     VTMCodec.name: VTMCodec,
+    HiNeRVCodec.name: HiNeRVCodec,
 }
 
 
@@ -40,7 +43,7 @@ def build_codec(name: str, **kwargs: Any) -> ReferenceCodec:
     """Construct a reference codec by registry name.
 
     Args:
-        name: ``"x265"``, ``"vvenc"`` or ``"vtm"``.
+        name: ``"x265"``, ``"vvenc"``, ``"vtm"`` or ``"hinerv"``.
         **kwargs: the codec class's constructor arguments.
 
     Returns:
@@ -54,6 +57,7 @@ def build_codec(name: str, **kwargs: Any) -> ReferenceCodec:
 __all__ = [
     "AnchorError",
     "CODECS",
+    "HiNeRVCodec",
     "ImportedPoint",
     "MissingToolError",
     "RDPoint",

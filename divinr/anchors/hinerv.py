@@ -1,0 +1,155 @@
+"""HiNeRV baseline: divinr's INR with an RGB head, trained in pixel space with HiNeRV's recipe.
+
+A real baseline, not imported numbers: the same INR family, the same stage callback (dense ->
+15% adaptive pruning -> 6-bit Quant-Noise), the same quantiser, range coder and container as
+DiV-INR (bitstream ``kind = PIXEL_INR``, no backbone, no NOLA). Encoding and decoding run as
+separate processes (``python -m divinr.anchors.hinerv encode|decode``), so the decoder sees
+nothing but the bitstream, exactly like the external anchors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from divinr.anchors.base import RawVideo, ReferenceCodec, read_raw_rgb, write_raw_rgb
+from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, fps_fraction, pack
+from divinr.errors import EXIT_USER_ERROR, DivinrError, unknown_choice
+from divinr.inference.decoder import decode_stream
+from divinr.inference.sampler import SamplerConfig
+from divinr.models.nola import NOLAConfig
+from divinr.results import atomic_write_bytes
+from divinr.training.hinerv import HINERV_PRESETS, hinerv_config, train_hinerv
+from divinr.training.stages import paper_phases
+
+# HiNeRV's own short schedule (300 dense + 60 prune + 30 QAT epochs).
+HINERV_EPOCHS = (300, 60, 30)
+
+
+def pixel_inr_header(video: RawVideo, fps: float, inr_config: Any, bits: int = 6) -> StreamHeader:
+    """Header of a pixel-INR stream: geometry and INR architecture; no backbone, NOLA or sampler use."""
+    return StreamHeader(
+        kind=CodecKind.PIXEL_INR,
+        backbone="",
+        backbone_fingerprint=b"",
+        frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        fps=fps_fraction(fps),
+        gop_size=1,
+        inr=inr_config,
+        mask_mode=MaskMode.LEARNED,
+        quant_bits=bits,
+        nola=NOLAConfig(num_bases=0),
+        nola_layers=0,
+        sampler=SamplerConfig(),
+    )
+
+
+def encode_file(
+    raw: RawVideo, fps: float, preset: str, out: Path, *, epochs: tuple[int, int, int], device: str, seed: int
+) -> None:
+    """Train the pixel INR on an rgb24 file and write its bitstream."""
+    frames = read_raw_rgb(raw.path, raw.num_frames, raw.width, raw.height)
+    config = hinerv_config(preset, (raw.height, raw.width), raw.num_frames)
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    inr, _ = train_hinerv(
+        frames,
+        config,
+        paper_phases(*epochs),
+        seed=seed,
+        accelerator="gpu" if cuda else "cpu",
+        precision="bf16-mixed" if cuda else "32",
+        enable_progress_bar=False,
+    )
+    atomic_write_bytes(out, pack(pixel_inr_header(raw, fps, config), inr.state_dict(), {}))
+
+
+def decode_file(bitstream: Path, out: Path) -> None:
+    """Decode a pixel-INR bitstream to an rgb24 file."""
+    decoded = decode_stream(bitstream.read_bytes(), None, progress=False)
+    write_raw_rgb(decoded.frames, out)
+
+
+class HiNeRVCodec(ReferenceCodec):
+    """The HiNeRV-recipe pixel INR as a reference codec; the rate parameter is the size preset."""
+
+    name: ClassVar[str] = "hinerv"
+    bitstream_suffix: ClassVar[str] = ".dvr"
+
+    def __init__(
+        self,
+        presets: tuple[str, ...] = tuple(HINERV_PRESETS),
+        epochs: tuple[int, int, int] = HINERV_EPOCHS,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.presets = tuple(presets)
+        self.epochs = tuple(epochs)
+        self.device = device
+        self.seed = seed
+        for preset in self.presets:
+            self.validate_param({"preset": preset})
+
+    def label(self) -> str:
+        d, p, q = self.epochs
+        return f"HiNeRV recipe (divinr RGB INR, L1+MS-SSIM, {d}+{p}+{q} epochs, 15% prune, 6-bit Quant-Noise)"
+
+    def default_params(self) -> list[dict[str, Any]]:
+        return [{"preset": p} for p in self.presets]
+
+    def check(self) -> None:
+        """Runs in-process with divinr itself: nothing external to find."""
+
+    def validate_param(self, param: dict[str, Any]) -> None:
+        if set(param) != {"preset"} or param["preset"] not in HINERV_PRESETS:
+            raise unknown_choice("HiNeRV preset", str(param.get("preset")), tuple(HINERV_PRESETS))
+
+    def _encode(self, raw: RawVideo, fps: float, param: dict[str, Any], bitstream: Path) -> list[list[str]]:
+        return [[
+            sys.executable, "-m", "divinr.anchors.hinerv", "encode", str(raw.path),
+            f"{raw.width}x{raw.height}", str(raw.num_frames), repr(float(fps)), param["preset"], str(bitstream),
+            "--epochs", ",".join(map(str, self.epochs)), "--device", self.device, "--seed", str(self.seed),
+        ]]  # fmt: skip
+
+    def _decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> list[list[str]]:
+        return [[sys.executable, "-m", "divinr.anchors.hinerv", "decode", str(bitstream), str(decoded)]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m divinr.anchors.hinerv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    enc = sub.add_parser("encode")
+    enc.add_argument("raw", type=Path, help="rgb24 input file")
+    enc.add_argument("size", help="WxH")
+    enc.add_argument("frames", type=int)
+    enc.add_argument("fps", type=float)
+    enc.add_argument("preset", choices=sorted(HINERV_PRESETS))
+    enc.add_argument("out", type=Path)
+    enc.add_argument("--epochs", default=",".join(map(str, HINERV_EPOCHS)))
+    enc.add_argument("--device", default="auto")
+    enc.add_argument("--seed", type=int, default=0)
+    dec = sub.add_parser("decode")
+    dec.add_argument("bitstream", type=Path)
+    dec.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "encode":
+            width, height = (int(v) for v in args.size.split("x"))
+            raw = RawVideo(args.raw, args.frames, width, height)
+            epochs = tuple(int(v) for v in args.epochs.split(","))
+            encode_file(raw, args.fps, args.preset, args.out, epochs=epochs, device=args.device, seed=args.seed)  # type: ignore[arg-type]
+        else:
+            decode_file(args.bitstream, args.out)
+    except DivinrError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
