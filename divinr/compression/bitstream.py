@@ -109,6 +109,14 @@ SCHEMAS = {FORMAT_VERSION: SCHEMA_V1}
 MAX_FRAMES = 1_000_000
 MAX_SIDE = 8192
 MAX_CHANNELS = 4096
+MAX_STAGES = 8
+MAX_STRIDE = 16
+MAX_BLOCKS = 64
+MAX_NOLA_BASES = 4096
+MAX_NOLA_RANK = 1024
+# The largest INR a stream may describe (divinr's presets stay under 3M parameters); checked on
+# the meta device before the decoder allocates it.
+MAX_INR_PARAMETERS = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -187,8 +195,14 @@ class StreamHeader:
         bounded("quant_bits", 1, 16)
         for name in ("inr_channels", "inr_grid_channels", "inr_local_grid_channels"):
             bounded(name, 1, MAX_CHANNELS)
-        if any(c > MAX_CHANNELS for c in v["inr_stage_channels"]):  # type: ignore[union-attr]
-            raise BitstreamError("an INR stage is wider than any divinr preset; the bitstream is corrupt")
+        bounded("inr_grid_levels", 1, 8)
+        bounded("inr_expansion", 1, 16)
+        bounded("nola_bases", 0, MAX_NOLA_BASES)
+        bounded("nola_rank", 0, MAX_NOLA_RANK)
+        stages = (v["inr_stage_channels"], v["inr_strides"], v["inr_blocks"])
+        limits = (MAX_CHANNELS, MAX_STRIDE, MAX_BLOCKS)
+        if any(len(s) > MAX_STAGES or any(x > lim for x in s) for s, lim in zip(stages, limits)):  # type: ignore[arg-type]
+            raise BitstreamError("the INR stages exceed divinr's limits (widths, strides, blocks); the bitstream is corrupt")
         try:
             kind = CodecKind(int(v["kind"]))  # type: ignore[call-overload]
             mask_mode = MaskMode(int(v["mask_mode"]))  # type: ignore[call-overload]
@@ -255,10 +269,8 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
             raise BitstreamError(f"tensor {name}: bad length prefix; the bitstream is corrupt") from None
         if length > len(data) - pos:
             raise BitstreamError(f"tensor {name}: record runs past its section; the bitstream is truncated or corrupt")
-        codes, params, got = decode_quantized_tensor(data[pos : pos + length])
+        codes, params, _ = decode_quantized_tensor(data[pos : pos + length], expected_shape=shape)
         pos += length
-        if tuple(got) != tuple(shape):
-            raise BitstreamError(f"tensor {name}: shape {got} does not match the architecture's {tuple(shape)}")
         if params.bits != bits:
             raise BitstreamError(f"tensor {name}: {params.bits}-bit codes in a {bits}-bit stream; the bitstream is corrupt")
         out[name] = dequantize(torch.from_numpy(np.ascontiguousarray(codes)), params)

@@ -436,14 +436,23 @@ def encode_quantized_tensor(codes: np.ndarray, params: QuantParams, shape: Seque
     return head if all_zero else head + encode_tensor_symbols(flat, 1 << params.bits)
 
 
-def decode_quantized_tensor(data: bytes) -> tuple[np.ndarray, QuantParams, tuple[int, ...]]:
+def decode_quantized_tensor(
+    data: bytes, expected_shape: Sequence[int] | None = None
+) -> tuple[np.ndarray, QuantParams, tuple[int, ...]]:
     """Inverse of :func:`encode_quantized_tensor`; any malformation is a BitstreamError.
+
+    Args:
+        data: One tensor record.
+        expected_shape: When the caller knows the shape (the decoder does, from the header's
+            architecture), a different stored shape is rejected before anything is allocated.
 
     Returns:
         ``(codes as int64 array of the stored shape, quantiser, shape)``.
     """
     reader = _Reader(bytes(data))
     shape, numel = _decode_shape(reader)
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise BitstreamError(f"tensor shape {shape} does not match the expected {tuple(expected_shape)}; the bitstream is corrupt")
     bits, flags, scale = reader.unpack(_QUANT_HEAD, "quantiser")
     zero_point = reader.varint("zero point")
     problem = _params_problem(bits, scale, zero_point)

@@ -17,13 +17,20 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from divinr.compression.bitstream import Bitstream, CodecKind, MaskMode, decode_tensors, unpack
+from divinr.compression.bitstream import MAX_INR_PARAMETERS, Bitstream, CodecKind, MaskMode, decode_tensors, unpack
 from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
-from divinr.errors import BitstreamError
+from divinr.errors import BitstreamError, PresetError
 from divinr.inference.sampler import initial_noise, sample
 from divinr.models.backbone import Backbone, backbone_fingerprint
-from divinr.models.inr import LatentINR
-from divinr.models.nola import NOLALayer, inject_nola, load_nola_state_dict, merge_nola, nola_state_dict
+from divinr.models.inr import LatentINR, count_parameters
+from divinr.models.nola import (
+    NOLALayer,
+    inject_nola,
+    load_nola_state_dict,
+    merge_nola,
+    nola_state_dict,
+    release_nola_bases,
+)
 
 
 @dataclass
@@ -36,9 +43,20 @@ class Decoded:
 
 
 def build_inr_from_stream(stream: Bitstream) -> LatentINR:
-    """Rebuild the INR from the header and load its dequantised tensors."""
+    """Rebuild the INR from the header and load its dequantised tensors.
+
+    The architecture is first built on the meta device, so an impossible or oversized one from
+    a corrupt header is refused before any memory is allocated.
+    """
     header = stream.header
     size = header.latent_size if header.kind == CodecKind.DIVINR else (header.height, header.width)
+    try:
+        with torch.device("meta"):
+            probe = LatentINR(header.inr, size)
+    except PresetError as err:
+        raise BitstreamError(f"the header describes an impossible INR ({err}); the bitstream is corrupt") from None
+    if count_parameters(probe) > MAX_INR_PARAMETERS:
+        raise BitstreamError(f"the header describes an INR over {MAX_INR_PARAMETERS} parameters; the bitstream is corrupt")
     inr = LatentINR(header.inr, size)
     expected = {name: tuple(t.shape) for name, t in inr.state_dict().items()}
     inr.load_state_dict(decode_tensors(stream.inr_section, expected, header.quant_bits))
@@ -46,7 +64,7 @@ def build_inr_from_stream(stream: Bitstream) -> LatentINR:
 
 
 def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
-    """Inject NOLA as the header describes, load the coefficients and merge them into W0."""
+    """Inject NOLA as the header describes, load the coefficients, merge them into W0, free the bases."""
     header = stream.header
     if any(isinstance(m, NOLALayer) for m in backbone.transformer.modules()):
         raise ValueError("the backbone already carries NOLA adapters; decode with a freshly loaded backbone")
@@ -60,6 +78,7 @@ def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
         expected = {k: tuple(v.shape) for k, v in nola_state_dict(backbone.transformer).items()}
         load_nola_state_dict(backbone.transformer, decode_tensors(stream.nola_section, expected, header.quant_bits))
         merge_nola(backbone.transformer)
+        release_nola_bases(backbone.transformer)
 
 
 def check_backbone(backbone: Backbone, stream: Bitstream, fingerprint: bytes | None = None) -> None:
@@ -120,14 +139,11 @@ def reconstruct(
     return Decoded(torch.cat(frames), latents, float(header.fps))
 
 
-def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu", batch: int = 8) -> Decoded:
+def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu") -> Decoded:
     """Decode a pixel-space INR stream (the HiNeRV-recipe baseline): evaluate g at every frame."""
-    header = stream.header
-    inr = inr.to(device)
-    f = torch.linspace(0.0, 1.0, header.frames) if header.frames > 1 else torch.zeros(1)
-    with torch.no_grad():
-        frames = torch.cat([inr(f[i : i + batch].to(device)).y.clamp(0, 1).cpu() for i in range(0, header.frames, batch)])
-    return Decoded(frames, [], float(header.fps))
+    from divinr.training.hinerv import render
+
+    return Decoded(render(inr.to(device), stream.header.frames), [], float(stream.header.fps))
 
 
 def decode_stream(

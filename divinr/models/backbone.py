@@ -551,6 +551,43 @@ def build_backbone_on_meta(preset: str) -> Backbone:
     return _assemble(spec, transformer, vae, f"<{spec.name} on meta>")
 
 
+def build_random_backbone(
+    preset: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Backbone:
+    """Build a preset's full architecture with random weights, directly on ``device``.
+
+    For speed and memory measurements, whose results do not depend on weight values, on
+    machines without the checkpoint. Parameters are initialised where they will live (a 1.3B
+    model initialised on the CPU takes minutes), then cast like :func:`load_backbone` casts
+    (transformer to ``dtype`` except diffusers' float32 modules, VAE float32), frozen, widened
+    and without cross-attention. The global RNG is left untouched; ``tiny`` with seed
+    :data:`TINY_SEED` on the CPU equals ``load_backbone("tiny")``.
+
+    Args:
+        preset: A key of :data:`BACKBONE_PRESETS`.
+        device: Where both networks are built.
+        dtype: Transformer dtype.
+        seed: Seed of the random initialisation.
+
+    Returns:
+        A frozen :class:`Backbone` with a 36-channel DiT and cross-attention disabled.
+    """
+    spec = get_preset(preset)
+    device = torch.device(device)
+    rng_devices = []
+    if device.type == "cuda":
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=rng_devices), device:
+        torch.manual_seed(seed)
+        transformer, vae = _instantiate(spec)
+    _cast_like_diffusers(transformer, dtype)
+    return _assemble(spec, transformer, vae, f"<{spec.name} random, seed {seed}>")
+
+
 def _canonical_config(model: nn.Module) -> bytes:
     public = {k: v for k, v in model.config.items() if not k.startswith("_")}
     return json.dumps(public, sort_keys=True).encode()

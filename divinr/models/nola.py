@@ -581,6 +581,22 @@ def merge_nola(model: nn.Module) -> None:
         layer.merge()
 
 
+def release_nola_bases(model: nn.Module) -> int:
+    """Free the basis banks of ``model``'s adapters; they regenerate from the seed on next use.
+
+    Merged adapters never read their bases, so a decoder calls this after :func:`merge_nola`
+    to give back their memory (~1.35 GB in bf16 on Wan2.1 1.3B) for sampling.
+
+    Returns:
+        The bytes freed.
+    """
+    banks = {id(layer.bank): layer.bank for layer in nola_layers(model).values()}
+    freed = sum(bank.nbytes for bank in banks.values())
+    for bank in banks.values():
+        bank.clear()
+    return freed
+
+
 def unmerge_nola(model: nn.Module) -> None:
     """Undo :func:`merge_nola`; see :meth:`NOLALayer.unmerge` for the bf16 caveat."""
     for layer in nola_layers(model).values():

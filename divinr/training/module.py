@@ -101,16 +101,22 @@ class DiVINRModule(L.LightningModule):
         progress = (epoch + batch_idx / max(batches, 1)) / max(total_epochs(self.phases), 1)
         return cosine_lambda(progress, self.loss_config.lambda_start, self.loss_config.lambda_end)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        z0 = batch["latents"]  # (1, 16, T', h, w), already normalised
-        f = batch["coords"][0]  # (T',)
+    def compute_loss(
+        self, z0: torch.Tensor, f: torch.Tensor, lam: float, encoder_hidden_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, L_flow, L_cond) for one GoP: z0 (1, 16, T', h, w) normalised latents, f (T',).
+
+        ``encoder_hidden_states`` is only for baselines that re-enable cross-attention.
+        """
         y, m = self.condition(f)
         t = sample_logit_normal(z0.shape[0], self.loss_config.logit_mean, self.loss_config.logit_std, device=z0.device)
         eps = torch.randn_like(z0)
-        z_t = noisy_latents(z0, eps, t)
-        velocity = self.backbone.predict(z_t, y, m, t * 1000.0)
+        velocity = self.backbone.predict(noisy_latents(z0, eps, t), y, m, t * 1000.0, encoder_hidden_states)
+        return dual_loss(velocity, z0, eps, y, lam)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lam = self.lambda_at(self.current_epoch, batch_idx, int(self.trainer.num_training_batches))
-        loss, flow, cond = dual_loss(velocity, z0, eps, y, lam)
+        loss, flow, cond = self.compute_loss(batch["latents"], batch["coords"][0], lam)
         self.log_dict(
             {"train/loss": loss, "train/flow": flow, "train/cond": cond, "train/lambda": lam},
             on_step=False, on_epoch=True, prog_bar=True, batch_size=1,
