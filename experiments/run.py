@@ -1,0 +1,406 @@
+"""Run one rate point of one sequence from a Hydra config, and nothing twice.
+
+    cfg --encoder_config/load_frames--> EncoderConfig, Video
+        --divinr.codec.compress--> stream.dvr (atomic)
+        --decompress(stream.dvr bytes, fresh backbone)--> decoded.mp4, metrics
+        --> results.json (atomic, last: its presence with status "ok" marks the point done)
+
+A point's folder is fixed by its config, ``results_root/exp_name/<dataset|clip>/<sequence>/
+rate_point``, so a sweep re-run skips finished points and resumes unfinished ones from their
+last training checkpoint. A point that fails records ``status: failed`` with a one-line error
+and returns normally, so the other points of a multirun go on.
+
+    python -m experiments.run +exp=demo
+    python -m experiments.run +exp=uvg_sweep hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from divinr.codec import EncoderConfig, compress, decompress, load_clip
+from divinr.data.datasets import dataset_key, get_dataset, load_sequence
+from divinr.data.samples import SAMPLE_CLIPS, sample_clip_path
+from divinr.data.video import Video, write_video
+from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
+from divinr.inference.sampler import SamplerConfig
+from divinr.metrics.evaluate import evaluate_sequence
+from divinr.models.backbone import get_preset
+from divinr.models.inr import inr_config
+from divinr.models.nola import NOLAConfig
+from divinr.reporting import wandb_mode
+from divinr.results import (
+    RESULTS_NAME,
+    RunResult,
+    atomic_write_bytes,
+    git_commit,
+    is_finished,
+    read_result,
+    write_result,
+)
+from divinr.training.losses import LossConfig
+from divinr.training.stages import Phase, paper_phases
+from experiments.callbacks import summary_table
+from experiments.schema import register_configs
+
+log = logging.getLogger(__name__)
+
+STREAM_NAME = "stream.dvr"
+DECODED_NAME = "decoded.mp4"
+WORK_NAME = "train"  # checkpoints and the latent cache; removed after success unless keep_workdir
+LOG_NAME = "logs"
+LOGGERS = ("none", "csv", "wandb")
+# Settings that may change between a finished point and a re-run without changing its result.
+_ENVIRONMENT_KEYS = (
+    "results_root", "force", "keep_workdir", "progress", "print_summary", "metrics", "logger", "label",
+    "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
+)
+
+register_configs()
+
+
+# ---------------------------------------------------------------------------- config -> objects
+
+
+def training_phases(training: DictConfig) -> list[Phase]:
+    """The stage schedule: explicit ``training.phases`` or the paper's three stages.
+
+    Args:
+        training: the ``training`` group.
+
+    Returns:
+        Phases with Quant-Noise at ``training.bits`` (the width the bitstream quantises to).
+    """
+    if training.phases:
+        return [Phase(**OmegaConf.to_container(p), quant_bits=training.bits) for p in training.phases]
+    return paper_phases(
+        training.dense_epochs, training.prune_epochs, training.quant_epochs,
+        inr_lr=training.inr_lr, nola_lr=training.nola_lr, prune_fraction=training.prune_fraction,
+        rho=training.rho, bits=training.bits,
+    )
+
+
+def encoder_config(cfg: DictConfig) -> EncoderConfig:
+    """Build the library's encoder settings, checking preset names before anything heavy runs.
+
+    Args:
+        cfg: the composed root config.
+
+    Returns:
+        The :class:`EncoderConfig` that ``compress`` takes.
+
+    Raises:
+        PresetError: unknown backbone/INR preset, bad INR override or other invalid value.
+    """
+    get_preset(cfg.backbone.preset)
+    overrides = OmegaConf.to_container(cfg.inr.overrides, resolve=True)
+    inr_config(cfg.inr.preset, **overrides)
+    if cfg.logger.name not in LOGGERS:
+        raise unknown_choice("logger", cfg.logger.name, LOGGERS)
+    training = cfg.training
+    return EncoderConfig(
+        backbone=cfg.backbone.preset,
+        backbone_path=cfg.backbone.path,
+        gradient_checkpointing=cfg.backbone.gradient_checkpointing,
+        inr=cfg.inr.preset,
+        inr_overrides=overrides,
+        nola=NOLAConfig(**OmegaConf.to_container(cfg.nola, resolve=True)),
+        phases=training_phases(training),
+        loss=LossConfig(training.lambda_start, training.lambda_end, training.logit_mean, training.logit_std),
+        sampler=SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True)),
+        gop_size=cfg.gop_size,
+        mask_mode=cfg.mask_mode,
+        quant_bits=training.bits,
+        seed=training.seed,
+        device=training.device,
+        precision=training.precision,
+        weight_decay=training.weight_decay,
+    )
+
+
+def point_name(cfg: DictConfig) -> tuple[str, str]:
+    """(dataset key or ``"clip"``, sequence name) of the point; registry spellings where known."""
+    data = cfg.data
+    if data.source == "clip":
+        if not data.clip:
+            raise PresetError("data.clip is empty; name a sample clip (bikes) or give a video file path")
+        return "clip", data.clip if data.clip in SAMPLE_CLIPS else Path(data.clip).stem
+    if data.source != "dataset":
+        raise unknown_choice("data source", data.source, ("clip", "dataset"))
+    if not data.dataset or not data.sequence:
+        raise PresetError(
+            "data.source=dataset needs data.dataset and data.sequence, e.g. data=uvg data.sequence=Beauty"
+        )
+    try:
+        return get_dataset(data.dataset).name, get_dataset(data.dataset).sequence(data.sequence).name
+    except DivinrError:  # keep the given names so the failure is recorded in its own folder
+        return dataset_key(data.dataset), data.sequence
+
+
+def point_dir(cfg: DictConfig) -> Path:
+    """``results_root/exp_name/<dataset|clip>/<sequence>/rate_point``, absolute (from the launch folder)."""
+    dataset, sequence = point_name(cfg)
+    return Path(to_absolute_path(cfg.results_root)) / cfg.exp_name / dataset / sequence / cfg.rate_point
+
+
+def load_frames(cfg: DictConfig) -> Video:
+    """The point's frames at coding resolution (clip file / sample clip, or dataset sequence)."""
+    data = cfg.data
+    if data.source == "clip":
+        path = sample_clip_path(data.clip) if data.clip in SAMPLE_CLIPS else Path(to_absolute_path(data.clip))
+        return load_clip(path, width=data.width, height=data.height, max_frames=data.max_frames, start=data.start)
+    if data.start:
+        raise PresetError("data.start applies to clips only; dataset sequences are coded from their first frame")
+    root = to_absolute_path(data.root) if data.root else None
+    return load_sequence(
+        data.dataset, data.sequence, root, width=data.width, height=data.height, max_frames=data.max_frames
+    )
+
+
+def default_label(cfg: DictConfig) -> str:
+    """Describes the curve (not the point): backbone, adapter size, schedule, mask."""
+    t = cfg.training
+    epochs = [p.epochs for p in t.phases] if t.phases else [t.dense_epochs, t.prune_epochs, t.quant_epochs]
+    schedule = "/".join(str(e) for e in epochs)
+    mask = ", M=1" if cfg.mask_mode == "ones" else ""
+    return f"DiV-INR ({cfg.backbone.preset}, NOLA b={cfg.nola.num_bases}, {schedule} ep{mask})"
+
+
+# ---------------------------------------------------------------------------- loggers
+
+
+def make_logger(cfg: DictConfig, run_dir: Path, title: str) -> CSVLogger | WandbLogger | None:
+    """The Lightning logger of the point, or None. W&B trouble falls back to CSV with a warning."""
+    kind = cfg.logger.name
+    if kind == "none":
+        return None
+    if kind == "wandb":
+        try:
+            logger = WandbLogger(
+                project=cfg.logger.project, entity=cfg.logger.entity, name=title, group=cfg.exp_name,
+                job_type="encode", save_dir=str(run_dir), mode=cfg.logger.mode or wandb_mode(run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+            logger.experiment  # start the run now, so a W&B failure cannot interrupt training
+            return logger
+        except Exception as exc:  # noqa: BLE001 - logging must never cost a run
+            warnings.warn(f"W&B unavailable ({type(exc).__name__}: {exc}); logging to CSV in {run_dir / LOG_NAME}")
+    return CSVLogger(save_dir=str(run_dir), name=LOG_NAME, version="")
+
+
+def _to_uint8(frames: torch.Tensor) -> Any:
+    """(T, 3, H, W) in [0, 1] -> (T, H, W, 3) uint8 numpy, the layout image libraries take."""
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def log_media(
+    experiment: Any, cfg: DictConfig, reference: Video, decoded: torch.Tensor, payload: dict[str, Any]
+) -> None:
+    """Send scalars, original|decoded frame pairs and a short decoded clip to a W&B run.
+
+    ``wandb.Video`` needs moviepy to encode arrays, so the clip is written here (H.264 4:2:0,
+    playable in browsers) and handed over as a file.
+    """
+    import wandb
+
+    count = min(cfg.logger.sample_frames, reference.num_frames)
+    picks = torch.linspace(0, reference.num_frames - 1, count).round().long().unique() if count > 0 else []
+    for i in picks:
+        pair = _to_uint8(torch.cat([reference.frames[i], decoded[i]], dim=-1)[None])[0]
+        payload[f"samples/frame_{int(i):04d}"] = wandb.Image(pair, caption=f"frame {int(i)}: original | decoded")
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.logger.video_frames > 0:
+            clip = Path(tmp) / "decoded.mp4"
+            write_video(clip, decoded[: cfg.logger.video_frames], reference.fps, crf=18)
+            payload["samples/decoded"] = wandb.Video(str(clip), format="mp4")
+        experiment.log(payload)  # copies the media into the run before the folder goes away
+    experiment.summary.update({k: v for k, v in payload.items() if not k.startswith("samples/")})
+
+
+def _finish_wandb(failed: bool) -> None:
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish(exit_code=1 if failed else 0)
+
+
+# ---------------------------------------------------------------------------- one point
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two resolved configs, ignoring environment-only keys."""
+    old, new = _flatten(stored.get("resolved", {})), _flatten(current)
+
+    def relevant(key: str) -> bool:
+        return not any(key == k or key.startswith(f"{k}.") for k in _ENVIRONMENT_KEYS)
+
+    return sorted(k for k in set(old) | set(new) if relevant(k) and old.get(k) != new.get(k))
+
+
+def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) -> RunResult:
+    """Encode, write the stream, decode it from the file, evaluate; the result to be written."""
+    config = encoder_config(cfg)
+    video = load_frames(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = make_logger(cfg, run_dir, f"{cfg.exp_name}/{dataset}/{sequence}/{cfg.rate_point}")
+    compressed = compress(video, config, workdir=run_dir / WORK_NAME, logger=logger, progress=cfg.progress)
+
+    stream = run_dir / STREAM_NAME
+    atomic_write_bytes(stream, compressed.bitstream)
+    # The honest decoder: only the file and the public backbone, loaded afresh.
+    start = time.perf_counter()
+    decoded = decompress(
+        stream.read_bytes(), backbone_path=cfg.backbone.path, device=config.device, progress=cfg.progress
+    )
+    decode_seconds = time.perf_counter() - start
+    matches = decoded.frames.shape == compressed.reconstruction.frames.shape and torch.equal(
+        decoded.frames, compressed.reconstruction.frames
+    )
+    max_diff = 0.0 if matches else float((decoded.frames - compressed.reconstruction.frames).abs().max())
+    if not matches:
+        warnings.warn(f"{run_dir}: decoded frames differ from the encoder's reconstruction (max |diff| {max_diff:.3g})")
+    write_video(run_dir / DECODED_NAME, decoded.frames, decoded.fps)
+
+    pixels = video.num_frames * video.width * video.height
+    bpp = os.path.getsize(stream) * 8 / pixels
+    if bpp != compressed.bpp:
+        raise RuntimeError(f"bpp of {stream} ({bpp}) differs from the encoder's count ({compressed.bpp})")
+    scores = evaluate_sequence(
+        video.frames, decoded.frames, metrics=list(cfg.metrics),
+        device=None if config.device == "auto" else config.device, skip_missing=True,
+    )
+    if isinstance(logger, WandbLogger):
+        try:
+            payload = {f"bits/{k}": v for k, v in compressed.bits.items()}
+            payload.update({"bpp": bpp, **{f"eval/{m}": scores[m] for m in cfg.metrics if scores[m] is not None}})
+            log_media(logger.experiment, cfg, video, decoded.frames, payload)
+        except Exception as exc:  # noqa: BLE001 - media logging is a convenience, never a failure
+            warnings.warn(f"W&B media logging failed ({type(exc).__name__}: {exc})")
+    return RunResult(
+        codec=cfg.codec,
+        label=cfg.label or default_label(cfg),
+        dataset=dataset,
+        sequence=sequence,
+        rate_point=cfg.rate_point,
+        bpp=bpp,
+        bits=dict(compressed.bits),
+        frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        fps=float(video.fps),
+        metrics={m: scores[m] for m in cfg.metrics},
+        skipped_metrics=dict(scores["skipped"]),
+        encode_seconds=compressed.encode_seconds,
+        decode_seconds=decode_seconds,
+        peak_memory_bytes=dict(compressed.peak_memory_bytes),
+        backbone=cfg.backbone.preset,
+        bitstream=STREAM_NAME,
+        decoded=DECODED_NAME,
+        git_commit=git_commit(),
+        config={
+            "resolved": resolved,
+            "checks": {"decoder_matches_encoder": matches, "decoder_max_abs_diff": max_diff},
+            "decode_seconds_in_encoder": compressed.decode_seconds,
+            "final_losses": compressed.history[-1] if compressed.history else {},
+        },
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run(cfg: DictConfig) -> RunResult | None:
+    """Run (or skip) one point; print its folder as the last line of output.
+
+    Args:
+        cfg: the composed root config (schema :class:`experiments.schema.DivinrConfig`).
+
+    Returns:
+        The point's result (the stored one when skipped; ``status="failed"`` on an error),
+        or None when the config cannot even name the point's folder.
+    """
+    try:
+        run_dir = point_dir(cfg)
+        dataset, sequence = point_name(cfg)
+    except DivinrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if is_finished(run_dir) and not cfg.force:
+        stored = read_result(run_dir / RESULTS_NAME)
+        changed = changed_settings(stored.config, OmegaConf.to_container(cfg, resolve=True))
+        if changed:
+            print(
+                f"error: {run_dir} holds a finished run with other settings ({', '.join(changed)}); "
+                "give this point its own rate_point or exp_name, or pass force=true to overwrite it",
+                file=sys.stderr,
+            )
+            print(run_dir)
+            return None
+        print("skip")
+        print(run_dir)
+        return stored
+    if cfg.force:
+        shutil.rmtree(run_dir / WORK_NAME, ignore_errors=True)  # its checkpoints belong to the old settings
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failed = True
+    try:
+        result = encode_point(cfg, run_dir, dataset, sequence)
+        failed = False
+    except Exception as exc:  # noqa: BLE001 - a failed point must not stop the sweep
+        if isinstance(exc, DivinrError):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            log.exception("point %s failed", run_dir)
+        result = RunResult(
+            codec=cfg.codec, label=cfg.label or default_label(cfg), dataset=dataset, sequence=sequence,
+            rate_point=cfg.rate_point, backbone=cfg.backbone.preset, git_commit=git_commit(),
+            config={"resolved": OmegaConf.to_container(cfg, resolve=True), "user_error": isinstance(exc, DivinrError)},
+            status="failed", error=_one_line(exc),
+        )
+    finally:
+        _finish_wandb(failed)
+    write_result(result, run_dir)
+    if not failed and not cfg.keep_workdir:
+        shutil.rmtree(run_dir / WORK_NAME, ignore_errors=True)
+    if cfg.print_summary:
+        print(summary_table([result]))
+    print(run_dir)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> RunResult | None:
+    """Hydra entry point; a single (non-sweep) run that fails exits with a non-zero status."""
+    result = run(cfg)
+    if HydraConfig.get().mode == RunMode.RUN and (result is None or result.status != "ok"):
+        sys.exit(EXIT_USER_ERROR if result is None or result.config.get("user_error") else 1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
