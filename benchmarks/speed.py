@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from typing import Any
 import diffusers
 import torch
 
+from divinr.atomic import atomic_write_text
 from divinr.codec import check_resolution
 from divinr.data.gop import latent_frame_count
 from divinr.errors import PresetError, unknown_choice
@@ -468,19 +467,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def write_json_atomic(report: dict[str, Any], path: Path) -> None:
     """Write next to the destination and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the result file the usual mode
-        with os.fdopen(fd, "w") as stream:
-            json.dump(report, stream, indent=2)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 4) -> str:

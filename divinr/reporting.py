@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from divinr.atomic import atomic_path
 from divinr.data.datasets import DATASETS, dataset_key, dataset_title
 from divinr.errors import DivinrError, unknown_choice
 from divinr.results import RunResult
@@ -166,14 +167,8 @@ def dataset_order(datasets: Iterable[str]) -> list[str]:
 
 
 def _atomic_savefig(figure: Any, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:
         figure.savefig(tmp, format=fmt, dpi=150)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_rd_curves(

@@ -8,14 +8,15 @@ decoded video. Its ``bpp`` is always the size of a real bitstream file that the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from divinr.atomic import atomic_write_bytes, atomic_write_text
 from divinr.errors import DivinrError
+
+__all__ = ["RunResult", "atomic_write_bytes", "atomic_write_text", "write_result", "read_result", "is_finished", "load_results", "git_commit"]
 
 RESULTS_NAME = "results.json"
 SCHEMA_VERSION = 1
@@ -73,34 +74,6 @@ class RunResult:
         if unknown:
             raise DivinrError(f"results file has unknown keys {sorted(unknown)}; was it written by a newer divinr?")
         return cls(**data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Binary twin of :func:`atomic_write_text` (bitstreams)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_result(result: RunResult, run_dir: str | Path) -> Path:

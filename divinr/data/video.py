@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from divinr.atomic import atomic_path
 from divinr.errors import PresetError, VideoFormatError
 
 KR, KB = 0.2126, 0.0722  # BT.709 luma coefficients (ITU-R BT.709-6, item 3.2)
@@ -604,19 +604,11 @@ def write_video(
         raise VideoFormatError(
             f"{path}: 4:2:0 needs even dimensions, got {width}x{height}; resize or crop to even sizes"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         if plan is None:
             _write_yuv(tmp, frames, fps, bit_depth, full_range, y4m=suffix == ".y4m")
         else:
             _write_container(tmp, frames, fps, bit_depth, full_range, plan)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full_range: bool, *, y4m: bool) -> None:

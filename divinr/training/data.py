@@ -8,12 +8,12 @@ one pass over the cached GoPs.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from divinr.atomic import atomic_path
 from divinr.data.gop import GoP, latent_coordinates
 from divinr.models.backbone import Backbone
 
@@ -39,10 +39,8 @@ def encode_gops(
             return torch.load(path, map_location="cpu", weights_only=True)
     latents = [backbone.encode(gop.frames).cpu() for gop in gops]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(latents, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(latents, tmp)
     return latents
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
-import torch
 
 from divinr.compression.prune import PruningMasks
 from divinr.compression.quant import enable_quant_noise
