@@ -24,7 +24,7 @@ import torch
 
 from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, bits_breakdown, fps_fraction, pack, unpack
 from divinr.data.gop import pixel_count, split_gops
-from divinr.data.video import Video, read_video, resize_frames
+from divinr.data.video import Video, read_video
 from divinr.errors import PresetError, VideoFormatError
 from divinr.inference.decoder import Decoded, decode_stream
 from divinr.inference.sampler import SamplerConfig
@@ -106,10 +106,9 @@ class EpochHistory(L.Callback):
 def load_clip(
     path: str | Path, *, width: int, height: int, max_frames: int | None = None, start: int = 0, **read_kwargs: Any
 ) -> Video:
-    """Read frames and resize them to the coding resolution (antialiased bicubic on RGB)."""
+    """Read frames resized to the coding resolution as they are decoded (antialiased bicubic on RGB)."""
     check_resolution(width, height)
-    video = read_video(path, start=start, max_frames=max_frames, **read_kwargs)
-    return Video(resize_frames(video.frames, width, height), video.fps)
+    return read_video(path, start=start, max_frames=max_frames, resize=(width, height), **read_kwargs)
 
 
 def check_resolution(width: int, height: int) -> None:

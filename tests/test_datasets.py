@@ -122,7 +122,7 @@ def test_fake_dataset_checks_and_loads(tiny_root: Path) -> None:
     paths = check_dataset(TINY, tiny_root)
     assert paths == [tiny_root / "tiny" / s.filename for s in TINY.sequences]
     for seq in TINY.sequences:
-        video = load_sequence(TINY, seq.name, tiny_root, width=32, height=16, chunk_frames=2)
+        video = load_sequence(TINY, seq.name, tiny_root, width=32, height=16)
         assert video.frames.shape == (3, 3, 16, 32)
         assert video.fps == seq.fps
         # Chunked decoding must equal decoding everything at once and resizing it.

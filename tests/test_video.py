@@ -520,3 +520,16 @@ def test_parse_resolution() -> None:
     for bad in ["1024", "1024x", "0x576", "axb", "1024*576"]:
         with pytest.raises(PresetError, match="WIDTHxHEIGHT"):
             parse_resolution(bad)
+
+
+@pytest.mark.parametrize("suffix", [".yuv", ".y4m", ".mp4"])
+def test_resize_while_reading_equals_resize_after(tmp_path: Path, suffix: str) -> None:
+    """Resizing each frame as it is decoded gives exactly the batch resize of the full frames."""
+    frames = torch.rand(4, 3, 32, 48)
+    path = tmp_path / f"clip{suffix}"
+    write_video(path, frames, 25.0)
+    kwargs = {"width": 48, "height": 32} if suffix == ".yuv" else {}
+    full = read_video(path, start=1, max_frames=2, **kwargs)
+    resized = read_video(path, start=1, max_frames=2, resize=(24, 16), **kwargs)
+    assert resized.frames.shape == (2, 3, 16, 24)
+    assert torch.equal(resized.frames, resize_frames(full.frames, 24, 16))

@@ -24,15 +24,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from divinr.data.video import Video, read_video, resize_frames
+from divinr.data.video import Video, read_video
 from divinr.errors import DivinrError, unknown_choice
 
 DATA_ROOT_ENV = "DIVINR_DATA_ROOT"
 #: Frames decoded at native resolution at a time: 16 frames of 1080p RGB float32 are ~400 MB,
 #: a whole 600-frame sequence would be ~15 GB before the resize.
-CHUNK_FRAMES = 16
 
 
 class DatasetError(DivinrError):
@@ -322,12 +320,11 @@ def load_sequence(
     width: int = 1024,
     height: int = 576,
     max_frames: int | None = None,
-    chunk_frames: int = CHUNK_FRAMES,
 ) -> Video:
     """Read a benchmark sequence at native size and resize it to the coding resolution.
 
-    Frames are decoded and resized ``chunk_frames`` at a time, so peak memory is set by the
-    output, not by the 1080p input.
+    Frames are resized as they are read, so peak memory is set by the output, not by the
+    1080p input.
 
     Args:
         dataset: dataset key, title, or a :class:`DatasetInfo`.
@@ -336,7 +333,6 @@ def load_sequence(
         width: output width (the paper's 1024).
         height: output height (the paper's 576).
         max_frames: at most this many frames from the start (None: all).
-        chunk_frames: frames decoded at native resolution at a time.
 
     Returns:
         :class:`Video` with (T, 3, height, width) RGB in [0, 1] and the sequence's frame rate.
@@ -346,19 +342,12 @@ def load_sequence(
     path = locate_sequence(info, seq.name, root)
     if max_frames is not None and max_frames < 1:
         raise DatasetError(f"max_frames must be >= 1 or None, got {max_frames}")
-    if chunk_frames < 1:
-        raise DatasetError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    count = seq.frames if max_frames is None else min(max_frames, seq.frames)
-    out = torch.empty((count, 3, height, width), dtype=torch.float32)
-    for start in range(0, count, chunk_frames):
-        native = read_video(
-            path,
-            width=seq.width,
-            height=seq.height,
-            bit_depth=seq.bit_depth,
-            fps=seq.fps,
-            start=start,
-            max_frames=min(chunk_frames, count - start),
-        )
-        out[start : start + native.num_frames] = resize_frames(native.frames, width, height)
-    return Video(out, seq.fps)
+    return read_video(
+        path,
+        width=seq.width,
+        height=seq.height,
+        bit_depth=seq.bit_depth,
+        fps=seq.fps,
+        max_frames=max_frames,
+        resize=(width, height),
+    )

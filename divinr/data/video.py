@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -259,8 +259,13 @@ def read_video(
     start: int = 0,
     max_frames: int | None = None,
     full_range: bool = False,
+    resize: tuple[int, int] | None = None,
 ) -> Video:
     """Read frames ``start .. start + max_frames - 1`` of a video as RGB.
+
+    With ``resize=(W, H)`` every frame is resized (:func:`resize_frames`) as soon as it is
+    decoded, so peak memory follows the output size: 600 frames of 1080p would be 15 GB as
+    float32 before resizing, 4 GB at 1024x576.
 
     The format follows the extension: ``.yuv`` is raw planar 4:2:0 (8-bit: one byte per
     sample; more: little-endian uint16), ``.y4m`` is YUV4MPEG2 (4:2:0, 4:2:2 or 4:4:4, 8 to
@@ -292,11 +297,14 @@ def read_video(
     if max_frames is not None and max_frames < 1:
         raise VideoFormatError(f"{path}: max_frames must be >= 1 or None, got {max_frames}")
     suffix = path.suffix.lower()
+    def finish(frame: torch.Tensor) -> torch.Tensor:
+        return frame if resize is None else resize_frames(frame[None], *resize)[0]
+
     if suffix == ".yuv":
-        return _read_raw(path, width, height, bit_depth, fps, start, max_frames, full_range)
+        return _read_raw(path, width, height, bit_depth, fps, start, max_frames, full_range, finish, resize)
     if suffix == ".y4m":
-        return _read_y4m(path, width, height, fps, start, max_frames, full_range)
-    return _read_container(path, width, height, fps, start, max_frames, full_range)
+        return _read_y4m(path, width, height, fps, start, max_frames, full_range, finish)
+    return _read_container(path, width, height, fps, start, max_frames, full_range, finish)
 
 
 def _raw_fps(path: Path) -> float:
@@ -323,6 +331,8 @@ def _read_raw(
     start: int,
     max_frames: int | None,
     full_range: bool,
+    finish: Callable[[torch.Tensor], torch.Tensor],
+    resize: tuple[int, int] | None,
 ) -> Video:
     if width is None or height is None:
         raise VideoFormatError(f"{path}: raw .yuv has no header; pass width and height (e.g. 1920 and 1080)")
@@ -347,12 +357,13 @@ def _read_raw(
     if start >= available:
         raise _beyond_end(path, start, str(available))
     count = available - start if max_frames is None else min(available - start, max_frames)
-    out = torch.empty((count, 3, height, width), dtype=torch.float32)
+    out_w, out_h = resize if resize is not None else (width, height)
+    out = torch.empty((count, 3, out_h, out_w), dtype=torch.float32)
     with path.open("rb") as f:
         f.seek(start * frame_bytes)
         for i in range(count):
             planes = _split_planes(_read_exact(f, frame_bytes, path, "frame"), dtype, width, height, cw, ch)
-            out[i] = _planes_to_rgb(*(p[None] for p in planes), bit_depth, full_range)[0]
+            out[i] = finish(_planes_to_rgb(*(p[None] for p in planes), bit_depth, full_range)[0])
     return Video(out, float(fps) if fps is not None else _raw_fps(path))
 
 
@@ -413,6 +424,7 @@ def _read_y4m(
     start: int,
     max_frames: int | None,
     full_range: bool,
+    finish: Callable[[torch.Tensor], torch.Tensor],
 ) -> Video:
     frames: list[torch.Tensor] = []
     with path.open("rb") as f:
@@ -439,7 +451,7 @@ def _read_y4m(
         while (max_frames is None or len(frames) < max_frames) and next_frame(index):
             data = _read_exact(f, frame_bytes, path, f"frame {index}")
             planes = _split_planes(data, dtype, header.width, header.height, header.chroma_w, header.chroma_h)
-            frames.append(_planes_to_rgb(*(p[None] for p in planes), header.bit_depth, full)[0])
+            frames.append(finish(_planes_to_rgb(*(p[None] for p in planes), header.bit_depth, full)[0]))
             index += 1
     if not frames:
         raise _beyond_end(path, start, f"{start} or fewer")
@@ -501,6 +513,7 @@ def _read_container(
     start: int,
     max_frames: int | None,
     full_range: bool,
+    finish: Callable[[torch.Tensor], torch.Tensor],
 ) -> Video:
     try:
         container = av.open(str(path))
@@ -518,15 +531,17 @@ def _read_container(
             raise VideoFormatError(f"{path}: the frame rate is unknown; pass fps")
         stop = None if max_frames is None else start + max_frames
         decoded = _decode_frames(container, path)
+        frames: list[torch.Tensor] = []
         try:
-            frames = [_frame_to_rgb(frame, full_range) for frame in itertools.islice(decoded, start, stop)]
+            for frame in itertools.islice(decoded, start, stop):
+                if not frames:
+                    _check_geometry(path, frame.width, frame.height, width, height)
+                frames.append(finish(_frame_to_rgb(frame, full_range)))
         finally:
             decoded.close()  # stop the decoder before the container closes
     if not frames:
         raise _beyond_end(path, start, f"{start} or fewer")
-    out = torch.stack(frames)
-    _check_geometry(path, out.shape[3], out.shape[2], width, height)
-    return Video(out, float(rate))
+    return Video(torch.stack(frames), float(rate))
 
 
 # ---------------------------------------------------------------------------- writing
