@@ -258,3 +258,19 @@ def test_largest_preset_runs_at_full_latent_size_on_gpu() -> None:
     loss.backward()
     assert out.y.shape == (7, 16, 72, 128) and out.m.shape == (7, 4, 72, 128)
     assert all(p.grad is not None for p in inr.parameters())
+
+
+def test_every_parameter_gets_a_gradient_under_quant_noise() -> None:
+    """Quant-Noise parametrises every tensor; none may be cut off from the loss (grid levels included)."""
+    from divinr.compression.quant import enable_quant_noise
+
+    inr = build_inr("xxs", (8, 8))
+    handle = enable_quant_noise(
+        [(m, n) for m in inr.modules() for n, _ in m.named_parameters(recurse=False)], bits=6, rho=0.9
+    )
+    out = inr(torch.tensor([0.1, 0.6]))
+    (out.y.square().mean() + out.m.mean()).backward()
+    originals = {name: p for name, p in inr.named_parameters()}
+    missing = [name for name, p in originals.items() if p.grad is None or not torch.any(p.grad != 0)]
+    handle.remove()
+    assert not missing, missing

@@ -197,9 +197,11 @@ class TemporalGrid(nn.Module):
 
     def forward(self, f: Tensor) -> Tensor:
         """Return the grid at times ``f`` (N,) as (N, C, h, w)."""
+        # Index rather than slice: slicing a parametrised ParameterList (Quant-Noise) re-wraps the
+        # computed tensors as new leaf Parameters and cuts the gradient to every level but the first.
         out = lerp_grid(self.levels[0], f)
-        for grid in self.levels[1:]:
-            out = out + lerp_grid(grid, f)
+        for level in range(1, len(self.levels)):
+            out = out + lerp_grid(self.levels[level], f)
         return out
 
 
