@@ -29,13 +29,19 @@ def stored_decoder_weights(module: L.LightningModule) -> dict[str, torch.Tensor]
 
 
 class ZeroCounter(L.Callback):
-    """Counts exactly-zero stored INR decoder weights at the end of every epoch."""
+    """Counts exactly-zero stored INR decoder weights at the end of every epoch, and records
+    whether the Quant-Noise parametrisations of the INR and of NOLA are in training mode."""
 
     def __init__(self) -> None:
         self.zeros: list[int] = []
+        self.noise_modes: list[tuple[set[bool], set[bool]]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.zeros.append(sum(int((p == 0).sum()) for p in stored_decoder_weights(pl_module).values()))
+        modes = []
+        for root in (pl_module.inr, pl_module.transformer):
+            modes.append({m.training for m in root.modules() if type(m).__name__ == "QuantNoiseParametrization"})
+        self.noise_modes.append(tuple(modes))
 
 
 def stage_of(pl_module: L.LightningModule) -> StageCallback:
@@ -46,12 +52,12 @@ def stage_of(pl_module: L.LightningModule) -> StageCallback:
 def trained(clip):
     counter = ZeroCounter()
     config = EncoderConfig(inr="xxs", phases=paper_phases(8, 4, 4), sampler=SamplerConfig(steps=2))
-    module, fingerprint, history = train_codec(clip, config, callbacks=[counter], progress=False)
-    return module, history, counter.zeros
+    module, header, history = train_codec(clip, config, callbacks=[counter], progress=False)
+    return module, history, counter.zeros, counter.noise_modes
 
 
 def test_all_three_stages_run_and_losses_go_down(trained) -> None:
-    module, history, _ = trained
+    module, history, _, _ = trained
     assert [round(h["stage"]) for h in history] == [0] * 8 + [1] * 4 + [2] * 4
     first, last = history[:3], history[-3:]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
@@ -61,7 +67,7 @@ def test_all_three_stages_run_and_losses_go_down(trained) -> None:
 
 
 def test_prune_stage_zeroes_exactly_15_percent_and_they_stay_zero(trained) -> None:
-    module, _, zeros = trained
+    module, _, zeros, _ = trained
     total = sum(p.numel() for _, p in module.pruning_targets())
     target = round(0.15 * total)
     dense, pruned = zeros[:8], zeros[8:]
@@ -75,7 +81,7 @@ def test_prune_stage_zeroes_exactly_15_percent_and_they_stay_zero(trained) -> No
 
 
 def test_backbone_weights_are_bit_identical_after_training(trained) -> None:
-    module, _, _ = trained
+    module, _, _, _ = trained
     eject_nola(module.transformer)
     fresh = load_backbone("tiny")
     for before, after in ((fresh.transformer, module.transformer), (fresh.vae, module.backbone.vae)):
@@ -85,8 +91,15 @@ def test_backbone_weights_are_bit_identical_after_training(trained) -> None:
     assert not module.transformer.training  # stayed in eval mode throughout
 
 
+def test_quant_noise_trains_with_rho_on_inr_and_nola(trained) -> None:
+    """rho = 0.9 needs the parametrisations in training mode (eval mode quantises everything)."""
+    _, _, _, modes = trained
+    assert modes[:12] == [(set(), set())] * 12
+    assert modes[12:] == [({True}, {True})] * 4
+
+
 def test_quant_noise_was_removed_after_training(trained) -> None:
-    module, _, _ = trained
+    module, _, _, _ = trained
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in module.inr.modules())
 
 
@@ -131,6 +144,28 @@ def test_resume_continues_in_the_right_stage_with_masks_intact(clip, tmp_path: P
     # the resumed INR carries the pruned zeros of the first run
     for name, p in second.pruning_targets():
         assert torch.all(p[~masks_before[name]] == 0)
+
+
+class Crash(L.Callback):
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 4:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crash_in_the_quant_stage_resumes_with_inr_and_nola_from_the_checkpoint(tmp_path: Path) -> None:
+    config = EncoderConfig(inr="xxs", phases=paper_phases(2, 2, 3))
+    short = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_codec(short, config, workdir=tmp_path, callbacks=[Crash()], progress=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] >= 3  # written during the run, not only at a clean end
+    keys = checkpoint["state_dict"].keys()
+    assert any(k.endswith(".nola_beta") for k in keys) and any(k.startswith("inr.") for k in keys)
+    resumed, _, history = train_codec(short, config, workdir=tmp_path, progress=False)
+    assert history[0]["epoch"] == checkpoint["epoch"] + 1 and history[-1]["epoch"] == 6
+    for key, value in checkpoint["state_dict"].items():
+        if key.endswith(".nola_beta"):
+            assert torch.any(value != 0)  # trained coefficients, not the zero initialisation
 
 
 def test_resume_with_another_schedule_is_refused() -> None:

@@ -21,9 +21,13 @@ from torch import nn
 
 from divinr.models.backbone import Backbone
 from divinr.models.inr import LatentINR
-from divinr.models.nola import NOLAConfig, inject_nola, nola_parameters
+from divinr.errors import PresetError
+from divinr.models.nola import NOLAConfig, inject_nola, nola_layers, nola_parameters
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
 from divinr.training.stages import Phase, StageCallback, total_epochs
+
+
+NOLA_KEYS = (".nola_alpha", ".nola_beta")
 
 
 def to_video_layout(frames_first: torch.Tensor) -> torch.Tensor:
@@ -84,9 +88,12 @@ class DiVINRModule(L.LightningModule):
         return targets
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """INR parameters and NOLA coefficients: what a checkpoint needs besides the backbone."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in trainable or k.startswith("inr.")}
+        """INR parameters and NOLA coefficients: what a checkpoint needs besides the backbone.
+
+        Selected by state-dict key, not by ``named_parameters``: under Quant-Noise the parameter
+        names carry ``parametrizations.*.original`` while the saved keys stay plain.
+        """
+        return {k: v for k, v in self.state_dict().items() if k.startswith("inr.") or k.endswith(NOLA_KEYS)}
 
     # -- forward ------------------------------------------------------------------------------
     def condition(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,10 +143,25 @@ class DiVINRModule(L.LightningModule):
         return [StageCallback(self.phases)]
 
     def train(self, mode: bool = True) -> "DiVINRModule":
-        """Lightning switches modules to train mode each epoch; the frozen backbone must stay in eval."""
+        """Lightning switches modules to train mode each epoch; the frozen backbone must stay in eval.
+
+        The NOLA layers follow ``mode`` again afterwards: their Quant-Noise parametrisations use
+        the module mode to choose between rho (training) and full quantisation (evaluation).
+        """
         super().train(mode)
         self.backbone.eval()
+        for layer in nola_layers(self.transformer).values():
+            layer.train(mode)
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Loading is non-strict (the backbone is not in checkpoints), so check what must be there."""
+        missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
+        if missing:
+            raise PresetError(
+                f"checkpoint lacks {len(missing)} INR/NOLA tensors (e.g. {missing[0]}); it was written for "
+                "another configuration: resume with the same settings or delete the checkpoint"
+            )

@@ -111,16 +111,15 @@ class StageCallback(L.Callback):
     # -- stage transitions -------------------------------------------------------------------
     def _enter(self, index: int, module: L.LightningModule) -> None:
         """Make the module match phase ``index``; idempotent, so resume can call it as well."""
-        for i in range(index + 1):
-            fraction = self.phases[i].prune_fraction
-            if fraction > 0 and self.masks is None:
-                named = module.pruning_targets()
-                self.masks = PruningMasks.prune(named, fraction)
-                self.masks.apply()
-        phase = self.phases[index]
+        # Quant-Noise off first: pruning must see the stored weights, not their noisy view.
         if self._quant_noise is not None:
             self._quant_noise.remove()
             self._quant_noise = None
+        for i in range(index + 1):
+            fraction = self.phases[i].prune_fraction
+            if fraction > 0 and self.masks is None:
+                self.masks = PruningMasks.prune(module.pruning_targets(), fraction)
+        phase = self.phases[index]
         if phase.quant_noise > 0:
             self._quant_noise = enable_quant_noise(module.quantised_targets(), phase.quant_bits, phase.quant_noise)
         self.phase_index = index
