@@ -12,6 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from divinr.errors import DivinrError
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    """Create an empty temporary file in ``path``'s folder (same file system, so rename is atomic)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".part{suffix}")
+    except OSError as exc:
+        raise DivinrError(f"cannot write {path}: {exc.strerror or exc}; choose a writable location") from None
+    os.close(fd)
+    return Path(name)
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
@@ -22,10 +35,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         suffix: extension for the temporary file (writers such as PyAV pick the format from it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".part{suffix}")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temp_beside(path, suffix)
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the result the usual mode
@@ -41,6 +51,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, not after hours of work, if ``path``'s folder cannot take a new file."""
+    _temp_beside(Path(path), "").unlink()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from divinr.atomic import check_writable
+from divinr.data.video import WRITE_SUFFIXES
 from divinr.errors import EXIT_USER_ERROR, DivinrError
 
 
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--gop", type=int, default=25, help="GoP length (1+4k frames)")
     enc.add_argument("--nola-bases", type=int, default=500, help="NOLA bases per factor (0 disables adapters)")
     enc.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    enc.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute DiT activations in the backward pass (default: on for the 1.3B presets)",
+    )
     enc.add_argument("--input-size", type=_resolution, help="WxH of a raw .yuv input")
     enc.add_argument("--bit-depth", type=int, default=8, help="bit depth of a raw .yuv input (8 or 10)")
     enc.add_argument("--fps", type=float, help="frame rate of a raw .yuv input")
@@ -74,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output(path: str, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse an output that cannot be written before doing any work for it."""
+    if Path(path).suffix.lower() not in suffixes:
+        raise DivinrError(f"{what} {path}: unsupported extension; use one of {', '.join(suffixes)}")
+    check_writable(path)
+
+
 def _read_stream(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -86,10 +101,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from divinr.data.video import write_video
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
-    from divinr.results import atomic_write_bytes
     from divinr.training.stages import paper_phases
 
     width, height = args.resolution
+    check_output(args.output, (".dvr",), "bitstream")
+    if args.recon:
+        check_output(args.recon, WRITE_SUFFIXES, "reconstruction")
     read_kwargs: dict[str, Any] = {"bit_depth": args.bit_depth}
     if args.input_size:
         read_kwargs["width"], read_kwargs["height"] = args.input_size
@@ -106,9 +123,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         gop_size=args.gop,
         seed=args.seed,
         device=args.device,
+        gradient_checkpointing=args.backbone != "tiny" if args.gradient_checkpointing is None else args.gradient_checkpointing,
     )
-    result = compress(video, config, workdir=args.workdir)
-    atomic_write_bytes(args.output, result.bitstream)
+    result = compress(video, config, workdir=args.workdir, bitstream_path=args.output)
     if args.recon:
         write_video(args.recon, result.reconstruction.frames, video.fps)
     print(
@@ -123,6 +140,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from divinr.codec import decompress
     from divinr.data.video import write_video
 
+    check_output(args.output, WRITE_SUFFIXES, "video")
     data = _read_stream(args.input)
     start = time.perf_counter()
     decoded = decompress(data, backbone_path=args.backbone_path, device=args.device)

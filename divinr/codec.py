@@ -15,17 +15,30 @@ import resource
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
-from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, bits_breakdown, fps_fraction, pack, unpack
-from divinr.data.gop import pixel_count, split_gops
+from divinr.data.video import fps_fraction
+from divinr.atomic import atomic_write_bytes
+from divinr.compression.bitstream import (
+    FORMAT_VERSION,
+    SCHEMA_V1,
+    CodecKind,
+    MaskMode,
+    StreamHeader,
+    bits_breakdown,
+    pack,
+    unpack,
+)
+from divinr.compression.container import write_container
+from divinr.data.gop import pixel_count, plan_gops, split_gops
 from divinr.data.video import Video, read_video
-from divinr.errors import PresetError, VideoFormatError
+from divinr.errors import BitstreamError, PresetError, VideoFormatError
 from divinr.inference.decoder import Decoded, decode_stream
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
@@ -62,10 +75,28 @@ class EncoderConfig:
     gradient_checkpointing: bool = False
     weight_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.mask_mode not in ("learned", "ones"):
+            raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
+        if not 0 <= self.seed < 2**32:
+            raise PresetError(f"seed must be in 0..2^32-1, got {self.seed}")
+        if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "bf16-true"):
+            raise PresetError(f"precision {self.precision!r} is not one of auto, 32-true, bf16-mixed, bf16-true")
+        noisy_bits = {p.quant_bits for p in self.phases if p.quant_noise > 0}
+        if noisy_bits - {self.quant_bits}:
+            raise PresetError(
+                f"Quant-Noise trains at {sorted(noisy_bits)} bits but the bitstream would code {self.quant_bits}; "
+                "use one width so training sees the decoder's quantiser"
+            )
+        self.resolved_device()
+        # The header stores these as float32: train with exactly the values the decoder will read.
+        self.nola = replace(
+            self.nola, basis_variance=_float32(self.nola.basis_variance), scaling=_float32(self.nola.scaling)
+        )
+        self.sampler = replace(self.sampler, flow_shift=_float32(self.sampler.flow_shift))
+
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":
@@ -74,6 +105,27 @@ class EncoderConfig:
 
     def model_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.resolved_precision().startswith("bf16") else torch.float32
+
+
+def _float32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; a clear error for a device that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PresetError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise PresetError(f"device {name!r} is not available ({count} CUDA devices found); use --device cpu")
+    elif device.type != "cpu":
+        raise PresetError(f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device
 
 
 @dataclass
@@ -137,13 +189,23 @@ def _make_trainer(
     device = config.resolved_device()
     all_callbacks = list(callbacks)
     if workdir is not None:
+        # One rolling checkpoint per epoch (+ last.ckpt, + one on an exception) so a crash or a
+        # cluster time-out resumes where it stopped.
         all_callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(dirpath=workdir / "checkpoints", save_last=True, save_top_k=0)
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=workdir / "checkpoints",
+                filename="latest",
+                save_last=True,
+                save_top_k=1,
+                every_n_epochs=1,
+                save_on_exception=True,
+                enable_version_counter=False,
+            )
         )
     return L.Trainer(
         max_epochs=total_epochs(config.phases),
         accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
+        devices=[device.index or 0] if device.type == "cuda" else 1,
         precision=config.resolved_precision(),
         logger=logger if logger is not None else False,
         callbacks=all_callbacks,
@@ -156,6 +218,39 @@ def _make_trainer(
     )
 
 
+def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
+    """The stream header for ``video`` under ``config``, known before training.
+
+    Only the backbone fingerprint and the adapted-layer count are filled in after the backbone
+    is loaded. Writing the header once here makes any setting the format cannot carry fail
+    before hours of training, not after.
+    """
+    check_resolution(video.width, video.height)
+    num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
+    header = StreamHeader(
+        kind=CodecKind.DIVINR,
+        backbone=config.backbone,
+        backbone_fingerprint=bytes(16),
+        frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        fps=fps_fraction(video.fps),
+        gop_size=config.gop_size,
+        inr=inr_config(config.inr, num_latent_frames=num_latent, **config.inr_overrides),
+        mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
+        quant_bits=config.quant_bits,
+        nola=config.nola,
+        nola_layers=0,
+        sampler=config.sampler,
+        model_dtype="bfloat16" if config.model_dtype() == torch.bfloat16 else "float32",
+    )
+    try:
+        write_container(SCHEMA_V1, header.to_fields(), [], version=FORMAT_VERSION)
+    except BitstreamError as err:
+        raise PresetError(f"this configuration cannot be stored in a bitstream: {err}") from None
+    return header
+
+
 def train_codec(
     video: Video,
     config: EncoderConfig,
@@ -164,14 +259,12 @@ def train_codec(
     logger: Any = None,
     callbacks: Sequence[L.Callback] = (),
     progress: bool = True,
-) -> tuple[DiVINRModule, bytes, list[dict[str, float]]]:
-    """Train INR + NOLA on ``video`` and return the module, the backbone fingerprint and the history.
+) -> tuple[DiVINRModule, StreamHeader, list[dict[str, float]]]:
+    """Train INR + NOLA on ``video``; return the module, its complete stream header and the history.
 
     With ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if present.
     """
-    if config.mask_mode not in ("learned", "ones"):
-        raise PresetError(f"mask_mode must be 'learned' or 'ones', got {config.mask_mode!r}")
-    check_resolution(video.width, video.height)
+    header = plan_header(video, config)
     workdir = Path(workdir) if workdir is not None else None
     device = config.resolved_device()
     backbone = load_backbone(
@@ -184,10 +277,8 @@ def train_codec(
     fingerprint = backbone_fingerprint(backbone)
     gops = split_gops(video.frames, config.gop_size)
     latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
-    num_latent = sum(g.num_latent for g in gops)
-    h, w = latents[0].shape[-2:]
     L.seed_everything(config.seed, workers=True, verbose=False)
-    inr = build_inr(inr_config(config.inr, num_latent_frames=num_latent, **config.inr_overrides), (h, w))
+    inr = build_inr(header.inr, header.latent_size)
     module = DiVINRModule(
         backbone, inr, config.phases, config.nola, config.loss, mask_mode=config.mask_mode, weight_decay=config.weight_decay
     )
@@ -196,27 +287,18 @@ def train_codec(
     last = workdir / "checkpoints" / "last.ckpt" if workdir else None
     trainer.fit(module, train_dataloaders=gop_loader(LatentGoPs(latents, gops), seed=config.seed),
                 ckpt_path=str(last) if last is not None and last.exists() else None)
-    return module, fingerprint, history.epochs
+    header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(nola_layers(module.transformer)))
+    return module, header, history.epochs
 
 
-def header_for(video: Video, config: EncoderConfig, module: DiVINRModule, fingerprint: bytes) -> StreamHeader:
-    """The header describing a trained module and its video."""
-    return StreamHeader(
-        kind=CodecKind.DIVINR,
-        backbone=config.backbone,
-        backbone_fingerprint=fingerprint,
-        frames=video.num_frames,
-        width=video.width,
-        height=video.height,
-        fps=fps_fraction(video.fps),
-        gop_size=config.gop_size,
-        inr=module.inr.config,
-        mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
-        quant_bits=config.quant_bits,
-        nola=config.nola,
-        nola_layers=len(nola_layers(module.transformer)),
-        sampler=config.sampler,
-    )
+def pack_module(module: DiVINRModule, header: StreamHeader) -> bytes:
+    """The bitstream of a trained module: INR tensors in the canonical order of the header's architecture."""
+    with torch.device("meta"):
+        canonical = list(type(module.inr)(header.inr, header.latent_size).state_dict())
+    trained = module.inr.state_dict()
+    if sorted(canonical) != sorted(trained):
+        raise ValueError("the trained INR does not match the architecture in its header")
+    return pack(header, {k: trained[k] for k in canonical}, nola_state_dict(module.transformer))
 
 
 def compress(
@@ -227,25 +309,33 @@ def compress(
     logger: Any = None,
     callbacks: Sequence[L.Callback] = (),
     progress: bool = True,
+    bitstream_path: str | Path | None = None,
 ) -> CompressResult:
     """Encode ``video`` (already at coding resolution) into a DiV-INR bitstream.
 
-    Returns the bitstream, the reconstruction the decoder will produce from it, bits by part,
-    bpp (= 8 x bytes / real pixels) and timings.
+    The bitstream is written to ``bitstream_path`` (atomically) as soon as it exists, before the
+    reconstruction runs, so a failure while reconstructing never loses the training. Returns the
+    bitstream, the reconstruction the decoder produces from it, bits by part, bpp (= 8 x bytes
+    / real pixels) and timings.
     """
     start = time.perf_counter()
-    module, fingerprint, history = train_codec(
+    module, header, history = train_codec(
         video, config, workdir=workdir, logger=logger, callbacks=callbacks, progress=progress
     )
     module.inr.eval()
-    header = header_for(video, config, module, fingerprint)
-    data = pack(header, module.inr.state_dict(), nola_state_dict(module.transformer))
+    data = pack_module(module, header)
+    if bitstream_path is not None:
+        atomic_write_bytes(bitstream_path, data)
     encode_seconds = time.perf_counter() - start
 
+    # Lightning's teardown leaves the module on the CPU; the decoder path runs on the encode device.
+    device = config.resolved_device()
     backbone: Backbone = module.backbone
     eject_nola(backbone.transformer)
+    backbone.transformer.to(device)
+    backbone.vae.to(device)
     start = time.perf_counter()
-    decoded = decode_stream(data, backbone, device=config.resolved_device(), progress=progress, fingerprint=fingerprint)
+    decoded = decode_stream(data, backbone, device=device, progress=progress, fingerprint=header.backbone_fingerprint)
     decode_seconds = time.perf_counter() - start
     bits = bits_breakdown(data)
     return CompressResult(
@@ -270,9 +360,9 @@ def decompress(
 ) -> Decoded:
     """Decode a bitstream with the public backbone its header names (loaded fresh)."""
     header = unpack(data).header
-    target = EncoderConfig(device=device).resolved_device()
+    target = resolve_device(device)
     backbone = None
     if header.kind == CodecKind.DIVINR:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        dtype = torch.bfloat16 if header.model_dtype == "bfloat16" else torch.float32
         backbone = load_backbone(header.backbone, path=backbone_path, dtype=dtype, device=target)
     return decode_stream(data, backbone, device=target, progress=progress)

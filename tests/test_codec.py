@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from divinr.cli import main, stream_info
 from divinr.compression.bitstream import SCHEMA_V1, SCHEMAS, decode_tensors, unpack
 from divinr.compression.container import read_container, write_container
+from divinr.data.samples import sample_clip_path
 from divinr.errors import BitstreamError
 from divinr.inference.decoder import build_inr_from_stream
 from divinr.models.nola import NOLAConfig
@@ -179,3 +180,36 @@ def test_mutated_streams_only_ever_raise_bitstream_error(encoded, data: st.DataO
         parse_fully(mutated)
     except BitstreamError as err:
         assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "bogus"], "unknown device"),
+        (["--device", "cuda:7"], "not available"),
+        (["--seed", str(2**32)], "seed"),
+        (["--recon", "out.avi"], "unsupported extension"),
+        (["-o", "/proc/forbidden/x.dvr"], "cannot write"),
+        (["-o", "x.mp4"], "unsupported extension"),
+    ],
+)
+def test_encode_refuses_bad_settings_before_any_work(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:
+    import divinr.codec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(divinr.codec, "load_backbone", lambda *a, **k: pytest.fail("training started"))
+    clip = str(sample_clip_path("bikes"))
+    args = ["encode", clip, "-o", "x.dvr", "--frames", "5", "--resolution", "64x64", *argv]
+    if "-o" in argv:
+        args = ["encode", clip, "--frames", "5", "--resolution", "64x64", *argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_decode_refuses_a_bad_output_before_decoding(encoded, tmp_path: Path, capsys, monkeypatch) -> None:
+    import divinr.codec
+
+    monkeypatch.setattr(divinr.codec, "decode_stream", lambda *a, **k: pytest.fail("decoding started"))
+    assert main(["decode", str(encoded[0]), "-o", str(tmp_path / "x.avi")]) == 2
+    assert "unsupported extension" in capsys.readouterr().err

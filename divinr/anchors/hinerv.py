@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import torch
 
 from divinr.anchors.base import RawVideo, ReferenceCodec, read_raw_rgb, write_raw_rgb
-from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, fps_fraction, pack
+from divinr.data.video import fps_fraction
+from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, pack
 from divinr.errors import EXIT_USER_ERROR, DivinrError, unknown_choice
 from divinr.inference.decoder import decode_stream
 from divinr.inference.sampler import SamplerConfig

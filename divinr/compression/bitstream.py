@@ -9,8 +9,9 @@
 
 Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every NOLA
 coefficient vector is quantised with its own per-tensor scale and zero point (both inside the
-tensor's record, counted in its section's bits). Tensor order and shapes are not sent: the
-decoder rebuilds the architecture from the header and checks every decoded shape against it.
+tensor's record, counted in its section's bits). Tensor names are not sent: records follow the
+canonical state-dict order of the architecture the header describes, and each record's stored
+shape is checked against that architecture before anything is decoded.
 The pixel-space INR baseline (HiNeRV recipe) uses the same format with ``kind = PIXEL_INR``, an
 empty backbone and no NOLA section.
 """
@@ -58,6 +59,8 @@ class MaskMode(enum.IntEnum):
 
 
 _INR_HEADS = {"latent": 0, "rgb": 1}
+# Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
+_DIT_DTYPES = {"float32": 0, "bfloat16": 1}
 # NOLA target sets a stream may signal; custom regexes would have to be sent as text.
 _NOLA_TARGET_SETS = {0: DEFAULT_WAN_TARGETS}
 
@@ -69,6 +72,7 @@ SCHEMA_V1: Schema = (
     Field("kind", U8),
     Field("backbone", STR),
     Field("backbone_fingerprint", BYTES),
+    Field("dit_dtype", U8),
     Field("frames", U32),
     Field("width", U16),
     Field("height", U16),
@@ -137,6 +141,7 @@ class StreamHeader:
     nola: NOLAConfig
     nola_layers: int
     sampler: SamplerConfig
+    model_dtype: str = "float32"
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -150,6 +155,7 @@ class StreamHeader:
             "kind": int(self.kind),
             "backbone": self.backbone,
             "backbone_fingerprint": self.backbone_fingerprint,
+            "dit_dtype": _DIT_DTYPES[self.model_dtype],
             "frames": self.frames,
             "width": self.width,
             "height": self.height,
@@ -207,6 +213,7 @@ class StreamHeader:
             kind = CodecKind(int(v["kind"]))  # type: ignore[call-overload]
             mask_mode = MaskMode(int(v["mask_mode"]))  # type: ignore[call-overload]
             head = {code: name for name, code in _INR_HEADS.items()}[int(v["inr_head"])]  # type: ignore[call-overload]
+            model_dtype = {code: name for name, code in _DIT_DTYPES.items()}[int(v["dit_dtype"])]  # type: ignore[call-overload]
             targets = _NOLA_TARGET_SETS[int(v["nola_targets"])]  # type: ignore[call-overload]
             inr = INRConfig(
                 head=head,
@@ -238,12 +245,8 @@ class StreamHeader:
             nola=nola,
             nola_layers=bounded("nola_layers", 0, 4096),
             sampler=sampler,
+            model_dtype=model_dtype,
         )
-
-
-def fps_fraction(fps: float) -> Fraction:
-    """Frame rate as a fraction (29.97 -> 30000/1001) for exact signalling."""
-    return Fraction(fps).limit_denominator(1001)
 
 
 # -- tensor sections ----------------------------------------------------------------------------
@@ -277,16 +280,6 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
     if pos != len(data):
         raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last tensor; the bitstream is corrupt")
     return out
-
-
-def quantise_roundtrip(tensors: Mapping[str, torch.Tensor], bits: int) -> dict[str, torch.Tensor]:
-    """The values the decoder will see for ``tensors`` (quantise then dequantise)."""
-    result = {}
-    for name, value in tensors.items():
-        w = value.detach().float().cpu()
-        params = quant_params(w, bits)
-        result[name] = dequantize(quantize(w, params), params)
-    return result
 
 
 @dataclass(frozen=True)

@@ -221,8 +221,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _fps_fraction(fps: float) -> Fraction:
-    # 1001 keeps NTSC rates exact (29.97... -> 30000/1001).
+def fps_fraction(fps: float) -> Fraction:
+    """Frame rate as an exact fraction (29.97 -> 30000/1001) for containers and bitstreams."""
     return Fraction(fps).limit_denominator(1001)
 
 
@@ -630,7 +630,7 @@ def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full
     height, width = frames.shape[-2:]
     with tmp.open("wb") as f:
         if y4m:
-            rate = _fps_fraction(fps)
+            rate = fps_fraction(fps)
             chroma = "C420jpeg" if bit_depth == 8 else f"C420p{bit_depth} XYSCSS=420P{bit_depth}"
             colour = "FULL" if full_range else "LIMITED"
             header = (
@@ -649,7 +649,7 @@ def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full
 def _write_container(
     tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full_range: bool, plan: _EncoderPlan
 ) -> None:
-    rate = _fps_fraction(fps)
+    rate = fps_fraction(fps)
     height, width = frames.shape[-2:]
     peak = (1 << bit_depth) - 1
     dtype = _sample_dtype(bit_depth)

@@ -39,6 +39,8 @@ class SamplerConfig:
             raise PresetError(f"sampler steps must be in 1..1000, got {self.steps}")
         if self.flow_shift <= 0:
             raise PresetError(f"flow_shift must be positive, got {self.flow_shift}")
+        if not 0 <= self.noise_seed < 2**32:
+            raise PresetError(f"noise_seed must be in 0..2^32-1, got {self.noise_seed}")
         if self.solver_order not in (1, 2, 3):
             raise PresetError(f"UniPC solver_order must be 1, 2 or 3, got {self.solver_order}")
 
