@@ -22,7 +22,7 @@ from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
 from divinr.errors import BitstreamError, PresetError
 from divinr.inference.sampler import initial_noise, sample
 from divinr.models.backbone import Backbone, backbone_fingerprint
-from divinr.models.inr import LatentINR, count_parameters
+from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
 from divinr.models.nola import (
     NOLALayer,
     inject_nola,
@@ -114,15 +114,12 @@ def reconstruct(
     h, w = header.latent_size
     inr = inr.to(device)
     model_dtype = backbone.model_dtype
-    frames, latents = [], []
+    frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
+    latents = []
     steps = len(spans) * header.sampler.steps
     with tqdm(total=steps, desc="decode", unit="step", disable=not progress) as bar:
         for span, f in zip(spans, coords):
-            out = inr(f.to(device))
-            y = out.y.permute(1, 0, 2, 3).unsqueeze(0)
-            m = out.m.permute(1, 0, 2, 3).unsqueeze(0)
-            if header.mask_mode == MaskMode.ONES:
-                m = torch.ones_like(m)
+            y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
             noise = initial_noise((1, y.shape[1], span.num_latent, h, w), header.sampler, span.index).to(device)
             z0 = sample(
                 lambda x, t: backbone.predict(x, y.to(x.dtype), m.to(x.dtype), t),
@@ -133,10 +130,10 @@ def reconstruct(
             )
             video = backbone.decode(z0[0])[: span.num_real].cpu()
             latents.append(z0[0].cpu())
-            frames.append(video)
+            frames[span.start : span.start + span.num_real] = video
             if on_gop is not None:
                 on_gop(span, video)
-    return Decoded(torch.cat(frames), latents, float(header.fps))
+    return Decoded(frames, latents, float(header.fps))
 
 
 def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu") -> Decoded:

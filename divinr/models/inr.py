@@ -480,6 +480,22 @@ def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
+def dit_conditioning(inr: LatentINR, f: Tensor, *, ones_mask: bool = False) -> tuple[Tensor, Tensor]:
+    """(y, M) for latent frames ``f`` in the DiT's (1, C, T', h, w) layout.
+
+    The one place that turns INR output into diffusion conditioning, shared by training and the
+    decoder so the two cannot drift apart. ``ones_mask`` is the paper's M = 1 ablation.
+    """
+    out = inr(f)
+    y, m = (t.permute(1, 0, 2, 3).unsqueeze(0) for t in (out.y, out.m))
+    return y, torch.ones_like(m) if ones_mask else m
+
+
+def parameter_owners(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every parameter of ``module`` as (owning module, name): the form Quant-Noise hooks into."""
+    return [(owner, name) for owner in module.modules() for name, _ in owner.named_parameters(recurse=False)]
+
+
 def build_inr(preset_or_config: str | INRConfig, output_size: tuple[int, int]) -> LatentINR:
     """Build an INR from a preset name (absolute preset grid sizes) or a config.
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
-from divinr.models.inr import INRConfig, LatentINR
+from divinr.models.inr import INRConfig, LatentINR, parameter_owners
 from divinr.training.stages import Phase, StageCallback, phase_at, total_epochs
 
 HINERV_REFERENCE_FRAMES = 600
@@ -300,7 +300,7 @@ class HiNeRVModule(L.LightningModule):
 
     def quantised_targets(self) -> list[tuple[nn.Module, str]]:
         """Every INR parameter as (owning module, name): all of them go into the bitstream."""
-        return [(module, name) for module in self.inr.modules() for name, _ in module.named_parameters(recurse=False)]
+        return parameter_owners(self.inr)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         frames = batch["frames"]

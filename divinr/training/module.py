@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from divinr.models.backbone import Backbone
-from divinr.models.inr import LatentINR
+from divinr.models.inr import LatentINR, dit_conditioning, parameter_owners
 from divinr.errors import PresetError
 from divinr.models.nola import NOLAConfig, inject_nola, nola_layers, nola_parameters
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
@@ -28,11 +28,6 @@ from divinr.training.stages import Phase, StageCallback, total_epochs
 
 
 NOLA_KEYS = (".nola_alpha", ".nola_beta")
-
-
-def to_video_layout(frames_first: torch.Tensor) -> torch.Tensor:
-    """(T', C, h, w) INR output -> (1, C, T', h, w) DiT layout."""
-    return frames_first.permute(1, 0, 2, 3).unsqueeze(0)
 
 
 class DiVINRModule(L.LightningModule):
@@ -80,12 +75,8 @@ class DiVINRModule(L.LightningModule):
 
     def quantised_targets(self) -> list[tuple[nn.Module, str]]:
         """Every tensor the bitstream carries: all INR parameters and the NOLA coefficients."""
-        targets = [(module, name) for module in self.inr.modules() for name, _ in module.named_parameters(recurse=False)]
-        for module in self.transformer.modules():
-            for name, param in module.named_parameters(recurse=False):
-                if param.requires_grad:
-                    targets.append((module, name))
-        return targets
+        adapters = [owner for owner in nola_layers(self.transformer).values()]
+        return parameter_owners(self.inr) + [(a, name) for a in adapters for name in ("nola_alpha", "nola_beta")]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """INR parameters and NOLA coefficients: what a checkpoint needs besides the backbone.
@@ -98,11 +89,7 @@ class DiVINRModule(L.LightningModule):
     # -- forward ------------------------------------------------------------------------------
     def condition(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """INR conditioning (y, M) for the latent frames at coordinates ``f``, in DiT layout."""
-        out = self.inr(f)
-        y, m = to_video_layout(out.y), to_video_layout(out.m)
-        if self.mask_mode == "ones":
-            m = torch.ones_like(m)
-        return y, m
+        return dit_conditioning(self.inr, f, ones_mask=self.mask_mode == "ones")
 
     def lambda_at(self, epoch: int, batch_idx: int, batches: int) -> float:
         progress = (epoch + batch_idx / max(batches, 1)) / max(total_epochs(self.phases), 1)
