@@ -17,8 +17,10 @@ from divinr.compression.container import (
     FieldKind,
     RawDtype,
     bits_by_part,
+    decode_quantized_group,
     decode_quantized_tensor,
     decode_raw_tensor,
+    encode_quantized_group,
     encode_quantized_tensor,
     encode_raw_tensor,
     header_bits,
@@ -263,8 +265,31 @@ def test_fuzz_tensor_decoders_only_raise_bitstream_error(blob: bytes, edits: lis
     for pos, value in edits:
         data[pos % len(data)] = value
     data = bytes(data[: cut % (len(data) + 1)])
-    for decode in (decode_quantized_tensor, decode_raw_tensor):
+    for decode in (decode_quantized_tensor, decode_raw_tensor, lambda d: decode_quantized_group(d, [(3, 2), (5,)])):
         try:
             decode(data)
         except BitstreamError:
             pass
+
+
+def test_group_round_trip_keeps_each_quantiser_and_shares_one_histogram() -> None:
+    from divinr.compression.entropy import empirical_entropy_bits
+
+    rng = np.random.default_rng(3)
+    items = []
+    for i, shape in enumerate([(500,), (500,), (4, 3), (7,)]):
+        values = torch.from_numpy(rng.normal(0, 0.01 * (i + 1), shape)).float()
+        if i == 3:
+            values.zero_()  # all-zero tensors carry no payload
+        params = quant_params(values, 6)
+        items.append((quantize(values, params).numpy(), params, shape))
+    data = encode_quantized_group(items)
+    decoded = decode_quantized_group(data, [shape for _, _, shape in items])
+    for (codes, params, shape), (got, got_params, got_shape) in zip(items, decoded):
+        assert got_shape == shape and got_params == params and np.array_equal(got, codes)
+    # one histogram: cheaper than four per-tensor records for these short tensors
+    assert len(data) < sum(len(encode_quantized_tensor(*item)) for item in items)
+    symbols = np.concatenate([c.reshape(-1) for c, _, _ in items[:3]])
+    assert 8 * len(data) > empirical_entropy_bits(symbols, 64)
+    with pytest.raises(BitstreamError, match="does not match"):
+        decode_quantized_group(data, [(500,), (499,), (4, 3), (7,)])

@@ -9,7 +9,9 @@
 
 Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every NOLA
 coefficient vector is quantised with its own per-tensor scale and zero point (both inside the
-tensor's record, counted in its section's bits). Tensor names are not sent: records follow the
+tensor's record, counted in its section's bits). A section's codes are range-coded either with
+one histogram per tensor or with one shared histogram, whichever is smaller (a leading byte
+says which). Tensor names are not sent: records follow the
 canonical state-dict order of the architecture the header describes, and each record's stored
 shape is checked against that architecture before anything is decoded.
 The pixel-space INR baseline (HiNeRV recipe) uses the same format with ``kind = PIXEL_INR``, an
@@ -31,7 +33,9 @@ from divinr.compression.container import (
     FieldKind,
     Schema,
     bits_by_part,
+    decode_quantized_group,
     decode_quantized_tensor,
+    encode_quantized_group,
     encode_quantized_tensor,
     read_container,
     write_container,
@@ -250,35 +254,57 @@ class StreamHeader:
 
 
 # -- tensor sections ----------------------------------------------------------------------------
+class SectionCoding(enum.IntEnum):
+    """How a section's tensors are entropy-coded; the encoder keeps whichever is smaller."""
+
+    PER_TENSOR = 0  # each tensor with its own histogram (large tensors with distinct statistics)
+    SHARED = 1  # one histogram for all (many short tensors, e.g. NOLA's coefficient vectors)
+
+
 def encode_tensors(tensors: Mapping[str, torch.Tensor], bits: int) -> bytes:
-    """Quantise and range-code tensors in the given order, each record length-prefixed."""
-    out = bytearray()
+    """Quantise tensors per tensor (own scale and zero point) and range-code them, in the given order.
+
+    Both codings are built and the smaller is kept; the leading byte says which.
+    """
+    items = []
     for value in tensors.values():
         w = value.detach().float().cpu()
         params = quant_params(w, bits)
-        record = encode_quantized_tensor(quantize(w, params).numpy(), params, tuple(w.shape))
-        out += encode_varint(len(record)) + record
-    return bytes(out)
+        items.append((quantize(w, params).numpy(), params, tuple(w.shape)))
+    records = [encode_quantized_tensor(*item) for item in items]
+    per_tensor = bytes([SectionCoding.PER_TENSOR]) + b"".join(encode_varint(len(r)) + r for r in records)
+    shared = bytes([SectionCoding.SHARED]) + encode_quantized_group(items)
+    return min(per_tensor, shared, key=len)
 
 
 def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: int) -> dict[str, torch.Tensor]:
     """Inverse of :func:`encode_tensors` against the shapes the header's architecture implies."""
+    if not data:
+        raise BitstreamError("empty tensor section; the bitstream is corrupt")
+    mode, body = data[0], data[1:]
+    if mode == SectionCoding.SHARED:
+        decoded = decode_quantized_group(body, list(expected.values()))
+    elif mode == SectionCoding.PER_TENSOR:
+        decoded = []
+        pos = 0
+        for name, shape in expected.items():
+            try:
+                length, pos = decode_varint(body, pos)
+            except (ValueError, IndexError):
+                raise BitstreamError(f"tensor {name}: bad length prefix; the bitstream is corrupt") from None
+            if length > len(body) - pos:
+                raise BitstreamError(f"tensor {name}: record runs past its section; the bitstream is truncated or corrupt")
+            decoded.append(decode_quantized_tensor(body[pos : pos + length], expected_shape=shape))
+            pos += length
+        if pos != len(body):
+            raise BitstreamError(f"{len(body) - pos} unexpected bytes after the last tensor; the bitstream is corrupt")
+    else:
+        raise BitstreamError(f"unknown section coding {mode}; the bitstream is corrupt")
     out: dict[str, torch.Tensor] = {}
-    pos = 0
-    for name, shape in expected.items():
-        try:
-            length, pos = decode_varint(data, pos)
-        except (ValueError, IndexError):
-            raise BitstreamError(f"tensor {name}: bad length prefix; the bitstream is corrupt") from None
-        if length > len(data) - pos:
-            raise BitstreamError(f"tensor {name}: record runs past its section; the bitstream is truncated or corrupt")
-        codes, params, _ = decode_quantized_tensor(data[pos : pos + length], expected_shape=shape)
-        pos += length
+    for name, (codes, params, _) in zip(expected, decoded):
         if params.bits != bits:
             raise BitstreamError(f"tensor {name}: {params.bits}-bit codes in a {bits}-bit stream; the bitstream is corrupt")
         out[name] = dequantize(torch.from_numpy(np.ascontiguousarray(codes)), params)
-    if pos != len(data):
-        raise BitstreamError(f"{len(data) - pos} unexpected bytes after the last tensor; the bitstream is corrupt")
     return out
 
 

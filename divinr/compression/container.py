@@ -406,6 +406,37 @@ def _params_problem(bits: int, scale: float, zero_point: int) -> str | None:
     return None
 
 
+def _quant_head(codes: np.ndarray, params: QuantParams, shape: Sequence[int]) -> tuple[bytes, np.ndarray, bool]:
+    """Shape and quantiser of one record, the flattened codes, and whether all are the zero point."""
+    shape_bytes, numel = _encode_shape(shape)
+    problem = _params_problem(params.bits, params.scale, params.zero_point)
+    if problem is None and float(np.float32(params.scale)) != params.scale:
+        problem = f"scale {params.scale} is not float32-exact"
+    if problem:
+        raise ValueError(f"invalid quantiser: {problem}")
+    flat = np.asarray(codes).reshape(-1)
+    if flat.size != numel:
+        raise ValueError(f"{flat.size} codes do not fill shape {tuple(shape)}")
+    all_zero = bool(np.all(flat == params.zero_point))
+    head = shape_bytes + _QUANT_HEAD.pack(params.bits, _FLAG_ALL_ZERO if all_zero else 0, params.scale)
+    return head + encode_varint(params.zero_point), flat, all_zero
+
+
+def _read_quant_head(reader: _Reader, expected_shape: Sequence[int] | None) -> tuple[tuple[int, ...], int, QuantParams, bool]:
+    """Inverse of :func:`_quant_head`: (shape, numel, quantiser, all-zero flag), all validated."""
+    shape, numel = _decode_shape(reader)
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise BitstreamError(f"tensor shape {shape} does not match the expected {tuple(expected_shape)}; the bitstream is corrupt")
+    bits, flags, scale = reader.unpack(_QUANT_HEAD, "quantiser")
+    zero_point = reader.varint("zero point")
+    problem = _params_problem(bits, scale, zero_point)
+    if problem:
+        raise BitstreamError(f"invalid quantiser in tensor: {problem}; the bitstream is corrupt")
+    if flags & ~_FLAG_ALL_ZERO:
+        raise BitstreamError(f"unknown tensor flags {flags:#x}; the bitstream is corrupt")
+    return shape, numel, QuantParams(scale=scale, zero_point=zero_point, bits=bits), bool(flags & _FLAG_ALL_ZERO)
+
+
 def encode_quantized_tensor(codes: np.ndarray, params: QuantParams, shape: Sequence[int]) -> bytes:
     """Serialise one quantised tensor: shape, quantiser and entropy-coded codes.
 
@@ -421,18 +452,7 @@ def encode_quantized_tensor(codes: np.ndarray, params: QuantParams, shape: Seque
     Returns:
         Self-contained bytes for a container section (or part of one, if length-prefixed).
     """
-    shape_bytes, numel = _encode_shape(shape)
-    problem = _params_problem(params.bits, params.scale, params.zero_point)
-    if problem is None and float(np.float32(params.scale)) != params.scale:
-        problem = f"scale {params.scale} is not float32-exact"
-    if problem:
-        raise ValueError(f"invalid quantiser: {problem}")
-    flat = np.asarray(codes).reshape(-1)
-    if flat.size != numel:
-        raise ValueError(f"{flat.size} codes do not fill shape {tuple(shape)}")
-    all_zero = bool(np.all(flat == params.zero_point))
-    head = shape_bytes + _QUANT_HEAD.pack(params.bits, _FLAG_ALL_ZERO if all_zero else 0, params.scale)
-    head += encode_varint(params.zero_point)
+    head, flat, all_zero = _quant_head(codes, params, shape)
     return head if all_zero else head + encode_tensor_symbols(flat, 1 << params.bits)
 
 
@@ -450,24 +470,62 @@ def decode_quantized_tensor(
         ``(codes as int64 array of the stored shape, quantiser, shape)``.
     """
     reader = _Reader(bytes(data))
-    shape, numel = _decode_shape(reader)
-    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-        raise BitstreamError(f"tensor shape {shape} does not match the expected {tuple(expected_shape)}; the bitstream is corrupt")
-    bits, flags, scale = reader.unpack(_QUANT_HEAD, "quantiser")
-    zero_point = reader.varint("zero point")
-    problem = _params_problem(bits, scale, zero_point)
-    if problem:
-        raise BitstreamError(f"invalid quantiser in tensor: {problem}; the bitstream is corrupt")
-    if flags & ~_FLAG_ALL_ZERO:
-        raise BitstreamError(f"unknown tensor flags {flags:#x}; the bitstream is corrupt")
+    shape, numel, params, all_zero = _read_quant_head(reader, expected_shape)
     payload = reader.rest()
-    if flags & _FLAG_ALL_ZERO:
+    if all_zero:
         if payload:
             raise BitstreamError("all-zero tensor carries a payload; the bitstream is corrupt")
-        codes = np.full(numel, zero_point, dtype=np.int64)
+        codes = np.full(numel, params.zero_point, dtype=np.int64)
     else:
-        codes = decode_tensor_symbols(payload, numel, 1 << bits)
-    return codes.reshape(shape), QuantParams(scale=scale, zero_point=zero_point, bits=bits), shape
+        codes = decode_tensor_symbols(payload, numel, 1 << params.bits)
+    return codes.reshape(shape), params, shape
+
+
+def encode_quantized_group(items: Sequence[tuple[np.ndarray, QuantParams, Sequence[int]]]) -> bytes:
+    """Serialise quantised tensors that share one entropy model.
+
+    Each tensor keeps its own shape, scale and zero point; their codes are range-coded together
+    with a single histogram. For many short tensors (NOLA's 182 coefficient vectors of 500)
+    one histogram costs far less than one per tensor. All tensors must use the same width.
+
+    Layout: every record's head (as in :func:`encode_quantized_tensor`) | one entropy-coded
+    payload of the codes of the tensors not flagged all-zero, in order.
+    """
+    widths = {params.bits for _, params, _ in items}
+    if len(widths) > 1:
+        raise ValueError(f"a group needs one quantiser width, got {sorted(widths)}")
+    heads, payload = [], []
+    for codes, params, shape in items:
+        head, flat, all_zero = _quant_head(codes, params, shape)
+        heads.append(head)
+        if not all_zero:
+            payload.append(flat)
+    symbols = np.concatenate(payload) if payload else np.zeros(0, dtype=np.int64)
+    return b"".join(heads) + encode_tensor_symbols(symbols, 1 << widths.pop()) if items else b""
+
+
+def decode_quantized_group(
+    data: bytes, expected_shapes: Sequence[Sequence[int]]
+) -> list[tuple[np.ndarray, QuantParams, tuple[int, ...]]]:
+    """Inverse of :func:`encode_quantized_group` for tensors of the given shapes."""
+    reader = _Reader(bytes(data))
+    heads = [_read_quant_head(reader, shape) for shape in expected_shapes]
+    widths = {params.bits for _, _, params, _ in heads}
+    if len(widths) > 1:
+        raise BitstreamError(f"tensors of one group use widths {sorted(widths)}; the bitstream is corrupt")
+    count = sum(numel for _, numel, _, all_zero in heads if not all_zero)
+    payload = reader.rest()
+    symbols = decode_tensor_symbols(payload, count, 1 << widths.pop()) if count else np.zeros(0, dtype=np.int64)
+    if not count and payload:
+        raise BitstreamError("an all-zero tensor group carries a payload; the bitstream is corrupt")
+    out, pos = [], 0
+    for shape, numel, params, all_zero in heads:
+        if all_zero:
+            codes = np.full(numel, params.zero_point, dtype=np.int64)
+        else:
+            codes, pos = symbols[pos : pos + numel], pos + numel
+        out.append((codes.reshape(shape), params, shape))
+    return out
 
 
 def encode_raw_tensor(values: np.ndarray, dtype: RawDtype = RawDtype.FLOAT32) -> bytes:
