@@ -41,6 +41,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the result the usual mode
     try:
         yield tmp
+        with tmp.open("rb+") as handle:  # on disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
