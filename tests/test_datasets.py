@@ -126,7 +126,7 @@ def test_fake_dataset_checks_and_loads(tiny_root: Path) -> None:
         assert video.frames.shape == (3, 3, 16, 32)
         assert video.fps == seq.fps
         # Chunked decoding must equal decoding everything at once and resizing it.
-        whole = read_video(locate_sequence(TINY, seq.name, tiny_root), width=64, height=32, bit_depth=seq.bit_depth)
+        whole = read_video(locate_sequence(TINY, seq.name, tiny_root), width=64, height=32, bit_depth=seq.bit_depth, full_range=True)
         torch.testing.assert_close(video.frames, resize_frames(whole.frames, 32, 16))
     first = load_sequence(TINY, "B", tiny_root, width=64, height=32, max_frames=2)
     assert first.frames.shape[0] == 2

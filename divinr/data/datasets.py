@@ -24,13 +24,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from divinr.data.video import Video, read_video
 from divinr.errors import DivinrError, unknown_choice
 
 DATA_ROOT_ENV = "DIVINR_DATA_ROOT"
-#: Frames decoded at native resolution at a time: 16 frames of 1080p RGB float32 are ~400 MB,
-#: a whole 600-frame sequence would be ~15 GB before the resize.
+#: YUV -> RGB convention of the benchmark sequences: BT.709 read as full range, as CompressAI and
+#: DCVC convert UVG / MCL-JCV / HEVC-B, so imported learned-codec points share our reference frames.
+FULL_RANGE = True
 
 
 class DatasetError(DivinrError):
@@ -39,7 +39,7 @@ class DatasetError(DivinrError):
 
 @dataclass(frozen=True, kw_only=True)
 class SequenceInfo:
-    """One raw planar 4:2:0 test sequence (limited range, BT.709 as divinr reads it).
+    """One raw planar 4:2:0 test sequence (BT.709, converted as full range: see :data:`FULL_RANGE`).
 
     Attributes:
         name: sequence name as papers use it (``Beauty``, ``videoSRC01``).
@@ -349,5 +349,6 @@ def load_sequence(
         bit_depth=seq.bit_depth,
         fps=seq.fps,
         max_frames=max_frames,
+        full_range=FULL_RANGE,
         resize=(width, height),
     )
