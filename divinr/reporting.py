@@ -72,11 +72,21 @@ def _points_by_sequence(
 ) -> dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]]:
     """(dataset, codec) -> sequence -> rate point -> (bpp, value), usable results only."""
     table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    geometry: dict[tuple[str, str], tuple[str, tuple[int, int, int]]] = {}
     for result in results:
         bpp, value = _finite(result.bpp), _finite(result.metrics.get(metric))
         if result.status != "ok" or bpp is None or bpp <= 0 or value is None:
             continue
         key = (dataset_key(result.dataset), result.codec)
+        shape = (result.frames, result.width, result.height)
+        if all(shape):  # imported points may not state their geometry
+            seen = geometry.setdefault((key[0], result.sequence), (result.codec, shape))
+            if seen[1] != shape:
+                raise DivinrError(
+                    f"{result.dataset}/{result.sequence}: {seen[0]} was coded as {seen[1][0]} frames of "
+                    f"{seen[1][1]}x{seen[1][2]} but {result.codec} as {shape[0]} of {shape[1]}x{shape[2]}; "
+                    "compare codecs on the same frames (same data.width/height/max_frames)"
+                )
         points = table[key][result.sequence]
         if result.rate_point in points:
             raise DivinrError(
@@ -107,8 +117,10 @@ def sequence_curves(results: Iterable[RunResult], metric: str) -> dict[tuple[str
 def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str], Curve]:
     """Dataset-average RD curves: at each rate point, mean bpp and mean metric over sequences.
 
-    Rate points that not every sequence of a (dataset, codec) has are dropped with an
-    :class:`RDWarning` (see the module doc). Points whose sequence is ``"average"`` (imported
+    Only the sequences every codec of the dataset has are averaged, so curves are comparable;
+    rate points that not every sequence of a (dataset, codec) has are dropped. Both come with
+    an :class:`RDWarning`. Codecs coded at different geometries on one sequence raise
+    :class:`DivinrError`. Points whose sequence is ``"average"`` (imported
     dataset averages) are taken as they are.
 
     Args:
@@ -118,8 +130,25 @@ def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str]
     Returns:
         ``(dataset key, codec) -> [(mean bpp, mean value), ...]`` sorted by bpp.
     """
+    table = _points_by_sequence(results, metric)
+    common: dict[str, set[str]] = {}
+    for (dataset, _), by_sequence in table.items():
+        sequences = set(by_sequence) - {AVERAGE_SEQUENCE}
+        if sequences:
+            common[dataset] = common[dataset] & sequences if dataset in common else sequences
     curves: dict[tuple[str, str], Curve] = {}
-    for (dataset, codec), by_sequence in _points_by_sequence(results, metric).items():
+    for (dataset, codec), by_sequence in table.items():
+        extra = set(by_sequence) - common.get(dataset, set()) - {AVERAGE_SEQUENCE}
+        if extra:
+            warnings.warn(
+                f"{codec} on {dataset_title(dataset)}, {metric}: sequences {sorted(extra)} are not available for "
+                "every codec and are left out so all curves average the same sequences",
+                RDWarning,
+                stacklevel=2,
+            )
+            by_sequence = {s: p for s, p in by_sequence.items() if s not in extra}
+            if not by_sequence:
+                continue
         if AVERAGE_SEQUENCE in by_sequence and len(by_sequence) > 1:
             warnings.warn(
                 f"{codec} on {dataset_title(dataset)}, {metric}: both per-sequence and {AVERAGE_SEQUENCE!r} points; "

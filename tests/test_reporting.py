@@ -151,3 +151,27 @@ def test_wandb_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pyt
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
     assert capsys.readouterr().err == ""
+
+
+def _geo_result(codec: str, sequence: str, rate: str, bpp: float, psnr: float, frames: int = 25, width: int = 1024) -> RunResult:
+    return RunResult(
+        codec=codec, label=codec, dataset="uvg", sequence=sequence, rate_point=rate, bpp=bpp,
+        frames=frames, width=width, height=576, metrics={"psnr": psnr},
+    )
+
+
+def test_dataset_curves_average_only_the_sequences_every_codec_has() -> None:
+    results = [
+        _geo_result("divinr", "Beauty", "a", 0.01, 30.0), _geo_result("divinr", "Jockey", "a", 0.01, 35.0),
+        _geo_result("x265", "Beauty", "q", 0.01, 30.0),
+    ]
+    with pytest.warns(RDWarning, match="Jockey"):
+        curves = rd_points(results, "psnr")
+    assert curves[("uvg", "divinr")] == [(0.01, 30.0)]
+    assert curves[("uvg", "x265")] == [(0.01, 30.0)]
+
+
+def test_codecs_at_different_geometry_cannot_be_compared() -> None:
+    results = [_geo_result("divinr", "Beauty", "a", 0.01, 30.0), _geo_result("x265", "Beauty", "q", 0.01, 31.0, frames=600)]
+    with pytest.raises(DivinrError, match="same frames"):
+        rd_points(results, "psnr")
