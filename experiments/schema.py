@@ -139,12 +139,29 @@ class LoggerConf:
 
 
 @dataclass
+class AnchorConf:
+    """A reference codec: ``divinr.anchors.build_codec(name, **kwargs)``.
+
+    ``kwargs`` are the codec class's constructor arguments (checked by the class); its rate
+    sweep (``qps``, or ``presets`` for HiNeRV) lists the points, each written to its own folder.
+    ``label`` replaces the codec's own description.
+    """
+
+    name: str = "x265"
+    label: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DivinrConfig:
     """Root config of one rate point of one sequence.
 
     The point's folder is ``results_root/exp_name/<dataset or clip>/<sequence>/rate_point``;
     ``rate_point`` must name everything that differs between the points of a sweep (an
     ablation adds tags such as ``-b500``), ``codec`` names the RD curve the point belongs to.
+    With ``anchor`` set, the run codes the sequence with that reference codec instead, one
+    folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
+    (``experiments.anchors``); the DiV-INR groups are then unused.
     """
 
     exp_name: str = "default"
@@ -166,6 +183,7 @@ class DivinrConfig:
     sampler: SamplerConf = field(default_factory=SamplerConf)
     data: DataConf = field(default_factory=DataConf)
     logger: LoggerConf = field(default_factory=LoggerConf)
+    anchor: AnchorConf | None = None
 
 
 def register_configs() -> None:
