@@ -268,7 +268,7 @@ def plot_rd_curves(
         figure.suptitle(dataset_title(dataset))
         ordered = [handles[c] for c in codecs if c in handles]
         figure.legend(
-            ordered, [h.get_label() for h in ordered], loc="outside lower center", ncols=min(len(ordered), 3),
+            ordered, [h.get_label() for h in ordered], loc="outside lower center", ncols=1,
             fontsize="small", frameon=False,
         )
         for fmt in formats:

@@ -46,7 +46,7 @@ def summary_table(results: list[RunResult]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in results:
-        name = f"{r.dataset}/{r.sequence}/{r.rate_point}"
+        name = f"{r.dataset}/{r.sequence}/{r.codec}/{r.rate_point}"
         if r.status != "ok":
             lines.append(f"{name:<36} failed: {r.error}")
             continue

@@ -263,6 +263,9 @@ class ReferenceCodec(ABC):
         decoded = workdir / f"{stem}_decoded.rgb"
         encode_cmds = self._encode(raw, fps, param, bitstream)
         encode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in encode_cmds)
+        if not bitstream.is_file() or bitstream.stat().st_size == 0:
+            # Some encoders exit 0 yet write nothing (libvvenc at some low QPs): not a rate point.
+            raise AnchorError(f"{self.name} wrote an empty bitstream for {param}; this rate point is not usable")
         decode_cmds = self._decode(raw, bitstream, decoded)
         decode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in decode_cmds)
         bits = os.path.getsize(bitstream) * 8

@@ -149,7 +149,10 @@ def encoder_version(exe: str, encoder: str, pix_fmt: str, pattern: str) -> str:
     """
     argv = [exe, "-hide_banner", "-nostdin", "-f", "lavfi", "-i", "color=black:s=64x64:d=0.04",
             "-frames:v", "1", "-pix_fmt", pix_fmt, "-c:v", encoder, "-f", "null", "-"]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise MissingToolError(f"cannot start {exe}: {exc.strerror}; check the ffmpeg path") from None
     match = re.search(pattern, proc.stderr)
     return match.group(1).split("+")[0] if match else "unknown"
 
