@@ -1,7 +1,7 @@
 """Table 1 of the paper: BD-metric of each codec minus DiV-INR, per dataset, plus the RD figures.
 
     python -m benchmarks.table1 --results runs/ --out reports/table1 [--method akima|pchip|cubic]
-        [--anchor divinr] [--imported dcvc_fm.csv ...] [--wandb]
+        [--anchor divinr] [--fid pooled|mean] [--imported dcvc_fm.csv ...] [--wandb]
 
 Reads every ``results.json`` below ``--results`` (and imported points of codecs that cannot run
 here), and writes ``table1.md``, ``table1.csv``, ``table1.tex``, ``table1_per_sequence.csv`` and
@@ -15,7 +15,13 @@ on the sequences both codecs have and averaged; a cell is NaN if any of its sequ
 (no overlap, too few points), so a number always covers every common sequence. Codecs known
 only by dataset averages (imported ``sequence = average`` points) are compared against the
 anchor's dataset-average curve (mean bpp and metric per rate point); such cells are marked.
-FID here is the per-sequence FID/256 averaged over sequences (not the pooled dataset FID).
+FID comes in two kinds (``--fid``; the table caption says which one it holds). ``pooled``:
+the FID/256 of all patches of a dataset's sequences at a rate point (from the
+``fid_stats.npz`` beside each results file), against mean bpp, so the FID cell is a BD between
+dataset curves; this is the default when every FID point has statistics, because one short
+sequence has fewer patches than Inception has feature dimensions. ``mean``: per-sequence FIDs
+treated like the other metrics (the fallback, with a warning, when statistics are missing,
+e.g. for imported points). The RD figures use the same kind.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ from divinr.reporting import (
     ANCHOR_CODEC,
     AVERAGE_SEQUENCE,
     HIGHER_IS_BETTER,
+    FidStats,
     RDWarning,
     codec_labels,
     dataset_order,
+    load_point_fid_stats,
     log_rd_to_wandb,
+    missing_fid_stats,
     plot_rd_curves,
     rd_points,
     sequence_curves,
@@ -57,6 +66,7 @@ DECIMALS = {"psnr": 2, "lpips": 3, "dists": 3, "fid": 2}  # as printed in the pa
 # Row order of the paper (HEVC, VVC, DCVC-FM, Relic et al., HiNeRV); other codecs follow by name.
 PAPER_ORDER = ("x265", "hevc", "vtm", "vvc", "vvenc", "dcvc-fm", "relic", "hinerv")
 AVERAGE_MARK = "*"
+FID_KINDS = ("pooled", "mean")
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,8 @@ class Cell:
         value: BD-metric(codec) - BD-metric(anchor); NaN when undefined.
         sequences: number of per-sequence BD values averaged (0 for the other bases).
         basis: ``"sequences"`` (per-sequence BD, then mean), ``"average"`` (BD between
-            dataset-average curves, for codecs known only by averages) or ``"missing"``
-            (a side has no points).
+            dataset-average curves, for codecs known only by averages), ``"pooled"`` (BD between
+            dataset curves of pooled FID) or ``"missing"`` (a side has no points).
     """
 
     value: float
@@ -89,6 +99,7 @@ class Table1:
         cells: (codec, dataset, metric) -> :class:`Cell`.
         per_sequence: (dataset, sequence, codec, metric, BD value) behind the ``sequences`` cells.
         metrics: metric columns per dataset.
+        fid: ``"pooled"`` (per-dataset FID of all patches) or ``"mean"`` (mean of per-sequence FIDs).
     """
 
     anchor: str
@@ -99,6 +110,7 @@ class Table1:
     cells: dict[tuple[str, str, str], Cell]
     per_sequence: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     metrics: tuple[str, ...] = TABLE_METRICS
+    fid: str = "mean"
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -179,6 +191,7 @@ def compute_table1(
     anchor: str = ANCHOR_CODEC,
     method: str = "akima",
     metrics: Sequence[str] = TABLE_METRICS,
+    fid_stats: FidStats | None = None,
 ) -> Table1:
     """Compute Table 1 from run results (see the module doc for orientation and averaging).
 
@@ -187,13 +200,16 @@ def compute_table1(
         anchor: the reference codec (DiV-INR).
         method: ``"akima"``, ``"pchip"`` or ``"cubic"``.
         metrics: metric columns.
+        fid_stats: per-point FID statistics; given, the FID column is the BD between curves of
+            pooled per-dataset FID (every FID point needs statistics), else per-sequence FIDs.
 
     Returns:
         The table; cells that cannot be computed are NaN, with a :class:`BDWarning` that
         names the codec, dataset, sequence and metric.
 
     Raises:
-        DivinrError: no usable results, or none of the anchor codec.
+        DivinrError: no usable results, none of the anchor codec, or FID points without statistics
+            when ``fid_stats`` is given.
     """
     if method not in METHODS:
         raise unknown_choice("BD interpolation method", method, METHODS)
@@ -211,13 +227,38 @@ def compute_table1(
         )
     datasets = dataset_order(anchor_datasets)
     codecs = _row_order(r.codec for r in ok if r.codec != anchor and dataset_key(r.dataset) in anchor_datasets)
-    table = Table1(anchor, method, datasets, codecs, codec_labels(ok), {}, metrics=tuple(metrics))
+    pooled = fid_stats is not None and "fid" in metrics
+    table = Table1(
+        anchor, method, datasets, codecs, codec_labels(ok), {}, metrics=tuple(metrics),
+        fid="pooled" if pooled else "mean",
+    )
+    if pooled:
+        lacking = missing_fid_stats(ok, fid_stats)
+        if lacking:
+            raise DivinrError(
+                f"{len(lacking)} FID points have no FID statistics (e.g. {lacking[0].codec} "
+                f"{lacking[0].dataset}/{lacking[0].sequence} {lacking[0].rate_point}); use --fid mean"
+            )
+        averages["fid"] = rd_points(ok, "fid", fid_stats)
     for codec in codecs:
         for dataset in datasets:
             for metric in metrics:
-                cell = _cell(table, per_seq[metric], averages[metric], codec, dataset, metric)
+                if pooled and metric == "fid":
+                    cell = _pooled_cell(table, averages[metric], codec, dataset)
+                else:
+                    cell = _cell(table, per_seq[metric], averages[metric], codec, dataset, metric)
                 table.cells[(codec, dataset, metric)] = cell
     return table
+
+
+def _pooled_cell(
+    table: Table1, curves: dict[tuple[str, str], list[tuple[float, float]]], codec: str, dataset: str
+) -> Cell:
+    anchor_curve, codec_curve = curves.get((dataset, table.anchor)), curves.get((dataset, codec))
+    if not anchor_curve or not codec_curve:
+        return Cell(math.nan, 0, "missing")
+    where = f"{codec} vs {table.anchor} on {dataset_title(dataset)}, pooled fid"
+    return Cell(_bd(anchor_curve, codec_curve, table.method, where), 0, "pooled")
 
 
 def _cell(
@@ -276,7 +317,13 @@ def _caption(table: Table1) -> str:
     return (
         f"BD-metric of each codec minus {table.anchor} (the anchor), {table.method} interpolation over log10(bpp); "
         "BD per sequence, then the mean over a dataset's sequences. PSNR: positive = the codec is better; "
-        "LPIPS, DISTS, FID: positive = the codec is worse."
+        "LPIPS, DISTS, FID: positive = the codec is worse. "
+        + (
+            "FID: pooled per-dataset FID/256 (all patches of a dataset's sequences at each rate point) "
+            "against mean bpp, BD between the dataset curves."
+            if table.fid == "pooled"
+            else "FID: per-sequence FID/256, BD per sequence like the other metrics."
+        )
     )
 
 
@@ -384,7 +431,7 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
 # ---------------------------------------------------------------------------- W&B and CLI
 
 
-def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path) -> None:
+def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path, fid_stats: FidStats | None) -> None:
     """Log the table and the RD curves to a new W&B run; failures only warn."""
     try:
         import wandb
@@ -397,7 +444,7 @@ def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path) -> No
             job_type="table1",
             dir=str(out_dir),
             mode=wandb_mode(out_dir),
-            config={"anchor": table.anchor, "method": table.method},
+            config={"anchor": table.anchor, "method": table.method, "fid": table.fid},
         )
     except Exception as exc:  # noqa: BLE001 - W&B must never cost the tables already written
         warnings.warn(f"--wandb: could not start a W&B run ({type(exc).__name__}: {exc})", UserWarning, stacklevel=2)
@@ -408,7 +455,7 @@ def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path) -> No
             [c] + [table.cells[(c, d, m)].value for d in table.datasets for m in table.metrics] for c in table.codecs
         ]
         run.log({"table1": wandb.Table(columns=columns, data=rows)})
-        log_rd_to_wandb(results, run, anchor=table.anchor, figure_dir=out_dir / "figures")
+        log_rd_to_wandb(results, run, anchor=table.anchor, figure_dir=out_dir / "figures", fid_stats=fid_stats)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"--wandb: logging failed ({type(exc).__name__}: {exc})", UserWarning, stacklevel=2)
     finally:
@@ -423,6 +470,7 @@ def run_table1(
     method: str = "akima",
     imported: Sequence[str | Path] = (),
     use_wandb: bool = False,
+    fid: str | None = None,
 ) -> tuple[Table1, list[Path]]:
     """Load results, compute Table 1, write the tables and figures (and log to W&B).
 
@@ -433,6 +481,8 @@ def run_table1(
         method: BD interpolation method.
         imported: CSV/JSON files of imported RD points.
         use_wandb: also log to a W&B run (offline without an API key).
+        fid: ``"pooled"``, ``"mean"``, or None: pooled when every FID point has statistics,
+            else mean with a warning.
 
     Returns:
         The table and the written files.
@@ -445,12 +495,33 @@ def run_table1(
         results.extend(_load_imported(path))
     if not results:
         raise DivinrError(f"no results.json found below {results_dir}; run the sweeps first or check --results")
-    table = compute_table1(results, anchor=anchor, method=method)
+    fid_stats, fallback = _choose_fid(results, load_point_fid_stats(results_dir), fid)
+    table = compute_table1(results, anchor=anchor, method=method, fid_stats=fid_stats)
+    if fallback:  # only once the table exists: a failed table needs just its error
+        warnings.warn(fallback, RDWarning, stacklevel=2)
     written = write_table1(table, out_dir)
-    written += plot_rd_curves(results, out_dir / "figures", anchor=anchor)
+    written += plot_rd_curves(results, out_dir / "figures", anchor=anchor, fid_stats=fid_stats)
     if use_wandb:
-        _log_wandb(table, results, out_dir)
+        _log_wandb(table, results, out_dir, fid_stats)
     return table, written
+
+
+def _choose_fid(
+    results: Sequence[RunResult], stats: FidStats, fid: str | None
+) -> tuple[FidStats | None, str | None]:
+    """The statistics to pool FID with (None: mean of per-sequence FIDs) and, when the default
+    had to fall back to the mean, the warning to give."""
+    if fid is not None and fid not in FID_KINDS:
+        raise unknown_choice("FID kind", fid, FID_KINDS)
+    if fid == "mean":
+        return None, None
+    lacking = missing_fid_stats(results, stats)
+    if fid is None and lacking:
+        return None, (
+            f"{len(lacking)} FID points have no fid_stats.npz (e.g. {lacking[0].codec} {lacking[0].dataset}/"
+            f"{lacking[0].sequence}); the FID column is the mean of per-sequence FIDs, not the pooled dataset FID"
+        )
+    return stats, None  # with fid="pooled" and points lacking statistics, compute_table1 names them
 
 
 def _print_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -467,6 +538,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--imported", action="append", default=[], metavar="FILE", help="CSV/JSON of imported RD points (repeatable)"
     )
+    parser.add_argument(
+        "--fid", choices=FID_KINDS, default=None,
+        help="FID column: pooled per-dataset FID or mean of per-sequence FIDs "
+        "(default: pooled when every FID point has fid_stats.npz, else mean with a warning)",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     args = parser.parse_args(argv)
     try:
@@ -477,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _print_warning
             table, _ = run_table1(
                 args.results, args.out, anchor=args.anchor, method=args.method, imported=args.imported,
-                use_wandb=args.wandb,
+                use_wandb=args.wandb, fid=args.fid,
             )
     except DivinrError as exc:
         print(f"table1: error: {exc}", file=sys.stderr)

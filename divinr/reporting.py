@@ -5,7 +5,9 @@ records through here, so every figure and table averages the same way:
 
     results.json ... --sequence_curves--> per (dataset, codec, sequence): [(bpp, value)]
                      --rd_points--------> per (dataset, codec): mean over sequences at each
-                                          rate point of bpp and of the metric
+                                          rate point of bpp and of the metric (FID: optionally
+                                          the pooled FID of those sequences' patches, from the
+                                          fid_stats.npz beside each results.json)
                      --plot_rd_curves---> rd_<dataset>.png / .pdf (one subplot per metric)
                      --log_rd_to_wandb--> wandb.Table + line plots + the PNGs
 
@@ -31,13 +33,16 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from divinr.atomic import atomic_path
 from divinr.data.datasets import DATASETS, dataset_key, dataset_title
 from divinr.errors import DivinrError, unknown_choice
-from divinr.results import RunResult
+from divinr.results import RESULTS_NAME, RunResult, read_result
+
+if TYPE_CHECKING:
+    from divinr.metrics.perceptual import FeatureStats
 
 METRICS = ("psnr", "ms_ssim", "lpips", "dists", "fid")
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID/256"}
@@ -51,6 +56,8 @@ _WANDB_HOST = "https://api.wandb.ai"
 _offline_notice_shown = False
 
 Curve = list[tuple[float, float]]
+#: (dataset key, codec, sequence, rate point) -> (real, fake) ``FeatureStats`` of that point.
+FidStats = dict[tuple[str, str, str, str], tuple["FeatureStats", "FeatureStats"]]
 
 
 class RDWarning(UserWarning):
@@ -114,7 +121,42 @@ def sequence_curves(results: Iterable[RunResult], metric: str) -> dict[tuple[str
     }
 
 
-def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str], Curve]:
+def load_point_fid_stats(root: str | Path) -> FidStats:
+    """The FID statistics of every finished point below ``root`` whose results record them.
+
+    Args:
+        root: folder searched recursively for ``results.json``.
+
+    Returns:
+        Statistics by (dataset key, codec, sequence, rate point).
+
+    Raises:
+        DivinrError: a results file names a statistics file that cannot be read.
+    """
+    # Imported here: the statistics need torch, which tables and figures otherwise do not.
+    from divinr.metrics.perceptual import load_fid_stats
+
+    stats: FidStats = {}
+    for path in sorted(Path(root).rglob(RESULTS_NAME)):
+        result = read_result(path)
+        if result.status == "ok" and result.config.get("fid_stats"):
+            key = (dataset_key(result.dataset), result.codec, result.sequence, result.rate_point)
+            stats[key] = load_fid_stats(path.parent / result.config["fid_stats"])
+    return stats
+
+
+def missing_fid_stats(results: Iterable[RunResult], stats: FidStats) -> list[RunResult]:
+    """The usable FID points (ok, finite FID) that have no statistics in ``stats``."""
+    return [
+        r for r in results
+        if r.status == "ok" and _finite(r.metrics.get("fid")) is not None
+        and (dataset_key(r.dataset), r.codec, r.sequence, r.rate_point) not in stats
+    ]
+
+
+def rd_points(
+    results: Iterable[RunResult], metric: str, fid_stats: FidStats | None = None
+) -> dict[tuple[str, str], Curve]:
     """Dataset-average RD curves: at each rate point, mean bpp and mean metric over sequences.
 
     Only the sequences every codec of the dataset has are averaged, so curves are comparable;
@@ -126,10 +168,14 @@ def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str]
     Args:
         results: run results (failed ones and missing values are skipped).
         metric: a key of ``RunResult.metrics``.
+        fid_stats: with ``metric="fid"``, the value of a rate point is the pooled FID of the
+            averaged sequences (:func:`~divinr.metrics.perceptual.pooled_fid`) instead of the
+            mean of their FIDs; every such point needs statistics (see :func:`missing_fid_stats`).
 
     Returns:
         ``(dataset key, codec) -> [(mean bpp, mean value), ...]`` sorted by bpp.
     """
+    pooled = metric == "fid" and fid_stats is not None
     table = _points_by_sequence(results, metric)
     common: dict[str, set[str]] = {}
     for (dataset, _), by_sequence in table.items():
@@ -171,11 +217,25 @@ def rd_points(results: Iterable[RunResult], metric: str) -> dict[tuple[str, str]
         curves[(dataset, codec)] = sorted(
             (
                 sum(points[rp][0] for points in by_sequence.values()) / n,
-                sum(points[rp][1] for points in by_sequence.values()) / n,
+                _pooled(fid_stats, dataset, codec, by_sequence, rp) if pooled
+                else sum(points[rp][1] for points in by_sequence.values()) / n,
             )
             for rp in complete
         )
     return curves
+
+
+def _pooled(stats: FidStats | None, dataset: str, codec: str, sequences: Iterable[str], rate_point: str) -> float:
+    from divinr.metrics.perceptual import pooled_fid
+
+    keys = [(dataset, codec, s, rate_point) for s in sequences]
+    lacking = [k for k in keys if k not in (stats or {})]
+    if lacking:
+        raise DivinrError(
+            f"{codec} on {dataset_title(dataset)}, rate point {rate_point!r}: no FID statistics for "
+            f"{', '.join(k[2] for k in lacking)}; re-run those points or use the mean of per-sequence FIDs"
+        )
+    return pooled_fid((stats or {})[k] for k in keys)
 
 
 def codec_labels(results: Iterable[RunResult]) -> dict[str, str]:
@@ -208,6 +268,7 @@ def plot_rd_curves(
     *,
     anchor: str = ANCHOR_CODEC,
     log_x: bool = False,
+    fid_stats: FidStats | None = None,
 ) -> list[Path]:
     """Draw one figure per dataset, one subplot per metric, one line per codec (Fig. 4 style).
 
@@ -222,6 +283,7 @@ def plot_rd_curves(
         formats: file formats, any of ``png``, ``pdf``, ``svg``.
         anchor: codec to highlight.
         log_x: logarithmic bpp axis.
+        fid_stats: draw the pooled per-dataset FID instead of the mean FID (see :func:`rd_points`).
 
     Returns:
         The written files.
@@ -235,7 +297,7 @@ def plot_rd_curves(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = codec_labels(results)
-    curves = {metric: rd_points(results, metric) for metric in metrics}
+    curves = {metric: rd_points(results, metric, fid_stats) for metric in metrics}
     datasets = dataset_order(d for by_key in curves.values() for d, _ in by_key)
     codecs = sorted({c for by_key in curves.values() for _, c in by_key}, key=lambda c: (c != anchor, c))
     others = [c for c in codecs if c != anchor]
@@ -342,6 +404,7 @@ def log_rd_to_wandb(
     anchor: str = ANCHOR_CODEC,
     figure_dir: str | Path | None = None,
     prefix: str = "rd",
+    fid_stats: FidStats | None = None,
 ) -> bool:
     """Log all RD points, per-dataset line plots and the RD figures to a W&B run.
 
@@ -357,6 +420,7 @@ def log_rd_to_wandb(
         anchor: codec to highlight in the figures.
         figure_dir: where to write the PNGs (default: a temporary folder).
         prefix: key prefix.
+        fid_stats: plot the pooled per-dataset FID instead of the mean FID (see :func:`rd_points`).
 
     Returns:
         True when something was logged; False when W&B is missing, no run is active, or
@@ -378,7 +442,7 @@ def log_rd_to_wandb(
         }
         for metric in METRICS:
             by_dataset: dict[str, list[tuple[str, Curve]]] = defaultdict(list)
-            for (dataset, codec), points in sorted(rd_points(results, metric).items()):
+            for (dataset, codec), points in sorted(rd_points(results, metric, fid_stats).items()):
                 by_dataset[dataset].append((codec, points))
             for dataset, lines in by_dataset.items():
                 payload[f"{prefix}/{dataset}/{metric}"] = wandb.plot.line_series(
@@ -390,7 +454,7 @@ def log_rd_to_wandb(
                 )
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(figure_dir) if figure_dir is not None else Path(tmp)
-            for path in plot_rd_curves(results, folder, formats=("png",), anchor=anchor):
+            for path in plot_rd_curves(results, folder, formats=("png",), anchor=anchor, fid_stats=fid_stats):
                 payload[f"{prefix}/{path.stem.removeprefix('rd_')}/figure"] = wandb.Image(str(path))
             run.log(payload)  # copies the images into the run before the folder goes away
     except Exception as exc:  # noqa: BLE001 - any W&B failure must not end a sweep

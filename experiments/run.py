@@ -3,6 +3,7 @@
     cfg --encoder_config/load_frames--> EncoderConfig, Video
         --divinr.codec.compress--> stream.dvr (atomic)
         --decompress(stream.dvr bytes, fresh backbone)--> decoded.mp4, metrics
+        --> fid_stats.npz (atomic; FID statistics for pooled per-dataset FID)
         --> results.json (atomic, last: its presence with status "ok" marks the point done)
 
 A point's folder is fixed by its config, ``results_root/exp_name/<dataset|clip>/<sequence>/
@@ -42,6 +43,7 @@ from divinr.data.video import Video, write_video
 from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import evaluate_sequence
+from divinr.metrics.perceptual import FID_STATS_NAME, save_fid_stats
 from divinr.models.backbone import get_preset
 from divinr.models.inr import inr_config
 from divinr.models.nola import NOLAConfig
@@ -300,6 +302,10 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
             log_media(logger.experiment, cfg, video, decoded.frames, payload)
         except Exception as exc:  # noqa: BLE001 - media logging is a convenience, never a failure
             warnings.warn(f"W&B media logging failed ({type(exc).__name__}: {exc})")
+    extra: dict[str, str] = {}
+    if scores["fid_stats"] is not None:
+        save_fid_stats(run_dir / FID_STATS_NAME, *scores["fid_stats"])
+        extra["fid_stats"] = FID_STATS_NAME
     return RunResult(
         codec=cfg.codec,
         label=cfg.label or default_label(cfg),
@@ -326,6 +332,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
             "checks": {"decoder_matches_encoder": matches, "decoder_max_abs_diff": max_diff},
             "decode_seconds_in_encoder": compressed.decode_seconds,
             "final_losses": compressed.history[-1] if compressed.history else {},
+            **extra,
         },
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -9,13 +10,23 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 import torch.nn.functional as tF
 
 from divinr.errors import MissingWeightsError, PresetError, VideoFormatError
 from divinr.metrics import functional as F
 from divinr.metrics.evaluate import METRICS, SequenceEvaluator, available_metrics, evaluate_sequence
-from divinr.metrics.perceptual import DISTSMetric, FeatureStats, FIDMetric, LPIPSMetric, fid_from_stats
+from divinr.metrics.perceptual import (
+    DISTSMetric,
+    FeatureStats,
+    FIDMetric,
+    LPIPSMetric,
+    fid_from_stats,
+    load_fid_stats,
+    pooled_fid,
+    save_fid_stats,
+)
 from divinr.metrics.weights import WEIGHTS, require_weight, weights_dir
 
 NOISE_LEVELS = (0.02, 0.08, 0.25)
@@ -158,7 +169,8 @@ def test_fid_patch_layout_1024x576():
 
 def test_fid_patches_match_unfold_reference():
     """Same patches as NeuralCompression's update_patch_fid builds with F.unfold."""
-    frame = torch.rand(1, 3, 80, 112)
+    # Exact 8-bit levels: the test is about patch layout, not about rounding ties.
+    frame = torch.randint(0, 256, (1, 3, 80, 112), generator=torch.Generator().manual_seed(0)) / 255.0
     p = 32
 
     def unfold(x: torch.Tensor) -> torch.Tensor:
@@ -285,14 +297,55 @@ def test_evaluate_sequence_means_and_batching(random_modules):
         assert one[name] == pytest.approx(three[name], rel=1e-5, abs=1e-7)
 
 
-def test_pooled_fid_equals_fid_of_all_patches(random_modules):
+def _numpy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID from raw features with numpy/scipy (the textbook formula, independent of FeatureStats)."""
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_r @ cov_f).real
+    return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r + cov_f - 2 * root))
+
+
+def test_evaluator_returns_per_call_stats_without_pooling(random_modules):
     evaluator = SequenceEvaluator(("fid",), device="cpu", batch_size=4, modules=random_modules)
     a, b = _frames(6, seed=1), _frames(6, seed=2)
-    evaluator(a, _noisy(a, 0.1))
+    first = evaluator(a, _noisy(a, 0.1))
     evaluator(b, _noisy(b, 0.1, seed=5))
-    union = SequenceEvaluator(("fid",), device="cpu", batch_size=4, modules=random_modules)
-    together = union(torch.cat([a, b]), torch.cat([_noisy(a, 0.1), _noisy(b, 0.1, seed=5)]))
-    assert evaluator.pooled_fid() == pytest.approx(together["fid"], rel=1e-6)
+    again = evaluator(a, _noisy(a, 0.1))
+    real, fake = again["fid_stats"]
+    assert real.count == fake.count == 6 * 5  # this call's patches only: nothing carried over
+    assert again["fid"] == pytest.approx(first["fid"], rel=1e-9)
+    assert fid_from_stats(real, fake) == pytest.approx(again["fid"], rel=1e-9)
+    assert evaluator(a, a)["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert evaluate_sequence(a, a, ("psnr",), device="cpu")["fid_stats"] is None
+
+
+def test_saved_stats_give_the_same_fid(random_modules, tmp_path):
+    a = _frames(6, seed=3)
+    dec = _noisy(a, 0.1)
+    scores = evaluate_sequence(a, dec, ("fid",), device="cpu", modules=random_modules)
+    save_fid_stats(tmp_path / "fid_stats.npz", *scores["fid_stats"])
+    assert [p.name for p in tmp_path.iterdir()] == ["fid_stats.npz"]  # no temporary file left
+    real, fake = load_fid_stats(tmp_path / "fid_stats.npz")
+    assert real.total.dtype == torch.float64 and real.count == 30
+    torch.testing.assert_close(real.outer, scores["fid_stats"][0].outer, rtol=0, atol=0)
+    fid = random_modules["fid"]
+    direct = _numpy_fid(fid(a).double().numpy(), fid(dec).double().numpy())
+    assert fid_from_stats(real, fake) == pytest.approx(direct, rel=1e-6)
+    assert scores["fid"] == pytest.approx(direct, rel=1e-6)
+
+
+def test_pooled_fid_equals_fid_of_all_patches(random_modules, tmp_path):
+    evaluator = SequenceEvaluator(("fid",), device="cpu", batch_size=4, modules=random_modules)
+    a, b = _frames(6, seed=1), _frames(6, seed=2)
+    da, db = _noisy(a, 0.1), _noisy(b, 0.1, seed=5)
+    for name, ref, dec in (("a", a, da), ("b", b, db)):
+        save_fid_stats(tmp_path / f"{name}.npz", *evaluator(ref, dec)["fid_stats"])
+    pooled = pooled_fid(load_fid_stats(tmp_path / f"{n}.npz") for n in "ab")
+    fid = random_modules["fid"]
+    real = torch.cat([fid(a), fid(b)]).double().numpy()
+    fake = torch.cat([fid(da), fid(db)]).double().numpy()
+    assert pooled == pytest.approx(_numpy_fid(real, fake), rel=1e-6)
+    assert math.isnan(pooled_fid([]))
 
 
 def test_evaluator_skip_missing(empty_cache):

@@ -12,11 +12,15 @@ from pathlib import Path
 import bjontegaard
 import numpy as np
 import pytest
+import scipy.linalg
+import torch
 
 from benchmarks.table1 import compute_table1, main, run_table1, to_markdown
 from divinr.errors import DivinrError
 from divinr.metrics.bd import BDWarning
-from divinr.results import RunResult, write_result
+from divinr.metrics.perceptual import FID_STATS_NAME, FeatureStats, save_fid_stats
+from divinr.reporting import RDWarning
+from divinr.results import RunResult, read_result, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 BPP = {"A": np.array([0.005, 0.01, 0.02, 0.04]), "B": np.array([0.006, 0.012, 0.024, 0.048])}
@@ -221,3 +225,73 @@ def test_cli_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     run_files = tmp_path / "out" / "wandb"
     assert list(run_files.glob("offline-run-*/files/media/table/table1_*.table.json"))
     assert list(run_files.glob("offline-run-*/files/media/table/rd/points_*.table.json"))
+
+
+def _numpy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_r @ cov_f).real
+    return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r + cov_f - 2 * root))
+
+
+def _write_stats_results(root: Path) -> dict[tuple[str, str, int], tuple[float, np.ndarray, np.ndarray]]:
+    """Two codecs x two sequences x four rate points with random features saved as fid_stats.npz."""
+    g = np.random.default_rng(0)
+    points = {}
+    for codec, scale in (("divinr", 1.0), ("x265", 1.6)):
+        for seq, bpp in BPP.items():
+            real = g.normal(size=(40, 4)) + (3.0 if seq == "B" else 0.0)
+            for i, rate in enumerate(bpp):
+                fake = real + g.normal(scale=scale * 0.8 / (i + 1), size=real.shape) + 0.5 * scale / (i + 1)
+                run_dir = root / codec / seq / f"r{i}"
+                stats = FeatureStats.empty(4), FeatureStats.empty(4)
+                stats[0].update(torch.from_numpy(real))
+                stats[1].update(torch.from_numpy(fake))
+                save_fid_stats(run_dir / FID_STATS_NAME, *stats)
+                result = RunResult(
+                    codec=codec, label=codec, dataset="uvg", sequence=seq, rate_point=f"r{i}", bpp=float(rate),
+                    metrics={"psnr": 30.0 + 4 * i - scale, "fid": _numpy_fid(real, fake)},
+                    config={"fid_stats": FID_STATS_NAME},
+                )
+                write_result(result, run_dir)
+                points[(codec, seq, i)] = (float(rate), real, fake)
+    return points
+
+
+def test_table1_uses_pooled_fid_when_every_point_has_stats(tmp_path: Path) -> None:
+    points = _write_stats_results(tmp_path / "runs")
+    table, _ = run_table1(tmp_path / "runs", tmp_path / "out")
+    assert table.fid == "pooled"
+    cell = table.cells[("x265", "uvg", "fid")]
+    assert cell.basis == "pooled"
+
+    def curve(codec: str) -> tuple[list[float], list[float]]:
+        bpp = [np.mean([points[(codec, s, i)][0] for s in BPP]) for i in range(4)]
+        fid = [
+            _numpy_fid(*(np.concatenate([points[(codec, s, i)][k] for s in BPP]) for k in (1, 2))) for i in range(4)
+        ]
+        return bpp, fid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = bjontegaard.bd_psnr(*curve("divinr"), *curve("x265"), "akima")
+    assert cell.value == pytest.approx(expected, rel=1e-6)
+    assert "pooled per-dataset FID" in (tmp_path / "out" / "table1.md").read_text()
+
+    mean, _ = run_table1(tmp_path / "runs", tmp_path / "out", fid="mean")
+    assert mean.fid == "mean" and mean.cells[("x265", "uvg", "fid")].basis == "sequences"
+    assert "per-sequence FID" in to_markdown(mean)
+
+
+def test_table1_falls_back_to_mean_fid_without_stats(tmp_path: Path) -> None:
+    _write_stats_results(tmp_path / "runs")
+    (tmp_path / "runs" / "x265" / "B" / "r2" / FID_STATS_NAME).unlink()
+    result = tmp_path / "runs" / "x265" / "B" / "r2" / "results.json"
+    stored = read_result(result)
+    stored.config = {}
+    write_result(stored, result.parent)
+    with pytest.warns(RDWarning, match="mean of per-sequence FIDs"):
+        table, _ = run_table1(tmp_path / "runs", tmp_path / "out")
+    assert table.fid == "mean"
+    with pytest.raises(DivinrError, match="no FID statistics"):
+        run_table1(tmp_path / "runs", tmp_path / "out", fid="pooled")

@@ -6,8 +6,8 @@ Layout (pure functions plus thin stateful wrappers):
   the Fréchet distance, all pure.
 - :mod:`~divinr.metrics.perceptual`: LPIPS, DISTS and FID feature modules on locally cached
   weights (``pretrained=False`` gives random backbones for tests).
-- :mod:`~divinr.metrics.evaluate`: the sequence evaluator (per-frame means, per-sequence and
-  pooled FID).
+- :mod:`~divinr.metrics.evaluate`: the sequence evaluator (per-frame means, per-sequence FID
+  and the FID statistics that pooled per-dataset FIDs are computed from).
 - :mod:`~divinr.metrics.bd`: BD-rate / BD-metric (akima, pchip, cubic).
 - :mod:`~divinr.metrics.weights`: the weight cache and ``python -m divinr.metrics.weights download``.
 
@@ -35,6 +35,10 @@ _EXPORTS = {
     "FIDMetric": "perceptual",
     "FeatureStats": "perceptual",
     "fid_from_stats": "perceptual",
+    "pooled_fid": "perceptual",
+    "save_fid_stats": "perceptual",
+    "load_fid_stats": "perceptual",
+    "FID_STATS_NAME": "perceptual",
     "METRICS": "evaluate",
     "SequenceEvaluator": "evaluate",
     "available_metrics": "evaluate",

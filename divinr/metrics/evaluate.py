@@ -2,9 +2,11 @@
 
 Per-frame values are averaged over the frames of the sequence (the dataset mean over
 sequences is the caller's). FID is the exception: it is a distance between two sets of
-patches, so a sequence gets the FID of its own patches, and :meth:`SequenceEvaluator.pooled_fid`
-gives the FID of all patches of all sequences seen so far (the per-dataset FID; 2048-d
-statistics want more patches than one short sequence has).
+patches, so a sequence gets the FID of its own patches, and each call also returns the
+feature statistics behind it (``"fid_stats"``). The per-dataset FID of BENCHMARKS.md (2048-d
+statistics want more patches than one short sequence has) is
+:func:`~divinr.metrics.perceptual.pooled_fid` over the statistics of the sequences the
+caller chooses: nothing is pooled implicitly, so rate points never mix.
 
 Frames are moved to the device ``batch_size`` at a time, so a 600-frame 1024x576 sequence
 can stay on the CPU (as uint8 it takes ~1 GB).
@@ -56,7 +58,7 @@ def _default_device() -> torch.device:
 
 
 class SequenceEvaluator:
-    """Scores sequences with the networks loaded once, and pools FID statistics across them.
+    """Scores sequences with the networks loaded once; calls are independent of each other.
 
     Args:
         metrics: names from :data:`METRICS`.
@@ -100,7 +102,6 @@ class SequenceEvaluator:
                 self.skipped[name] = str(err)
                 continue
             self.networks[name] = module.to(self.device).eval()
-        self._pooled: tuple[FeatureStats, FeatureStats] | None = None
 
     def _check(self, reference: Tensor, decoded: Tensor) -> None:
         if reference.ndim != 4 or reference.shape[1] != 3 or reference.shape != decoded.shape:
@@ -130,7 +131,8 @@ class SequenceEvaluator:
 
         Returns:
             ``{metric: mean over frames (FID: over the sequence's patches) or None if
-            skipped, ..., "skipped": {metric: reason}, "frames": T}``.
+            skipped, ..., "skipped": {metric: reason}, "frames": T, "fid_stats": (real, fake)
+            FeatureStats of this call's patches, or None without FID}``.
         """
         self._check(reference, decoded)
         per_frame: dict[str, list[Tensor]] = {m: [] for m in self.metrics if m != "fid" and m not in self.skipped}
@@ -158,21 +160,10 @@ class SequenceEvaluator:
             result[name] = float(torch.cat(values).mean())
         if fid_stats is not None:
             result["fid"] = fid_from_stats(*fid_stats)
-            self._pool(fid_stats)
         result["skipped"] = dict(self.skipped)
         result["frames"] = int(reference.shape[0])
+        result["fid_stats"] = fid_stats
         return result
-
-    def _pool(self, stats: tuple[FeatureStats, FeatureStats]) -> None:
-        if self._pooled is None:
-            dim = stats[0].total.shape[0]
-            self._pooled = (FeatureStats.empty(dim), FeatureStats.empty(dim))
-        self._pooled[0].merge(stats[0])
-        self._pooled[1].merge(stats[1])
-
-    def pooled_fid(self) -> float:
-        """FID over the patches of every sequence scored so far (NaN before any FID was computed)."""
-        return float("nan") if self._pooled is None else fid_from_stats(*self._pooled)
 
 
 def evaluate_sequence(
@@ -185,7 +176,7 @@ def evaluate_sequence(
     modules: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Score one decoded sequence; see :class:`SequenceEvaluator` (which loads the networks
-    once for many sequences and pools FID).
+    once for many sequences).
 
     Args:
         reference: ``(T, 3, H, W)`` original frames, float in [0, 1] or uint8.
@@ -197,7 +188,8 @@ def evaluate_sequence(
         modules: ready metric modules by name, instead of the pretrained ones.
 
     Returns:
-        ``{metric: value or None, "skipped": {metric: reason}, "frames": T}``.
+        ``{metric: value or None, "skipped": {metric: reason}, "frames": T, "fid_stats":
+        (real, fake) or None}``.
     """
     evaluator = SequenceEvaluator(metrics, device, batch_size, skip_missing, modules)
     return evaluator(reference, decoded)

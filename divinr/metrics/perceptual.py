@@ -12,15 +12,19 @@ fidelity metrics in :mod:`divinr.metrics.functional`.
 
 from __future__ import annotations
 
+import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import lpips
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from divinr.errors import VideoFormatError
+from divinr.atomic import atomic_write_bytes
+from divinr.errors import DivinrError, VideoFormatError
 from divinr.metrics.functional import FID_PATCH, fid_patches, frechet_distance, to_unit_range
 from divinr.metrics.weights import require_weight
 
@@ -213,6 +217,84 @@ class FeatureStats:
         mean = self.total / self.count
         cov = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
         return mean, cov
+
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The sums as float64 arrays named ``<prefix>_count/_total/_outer``; the symmetric outer
+        sum keeps only its upper triangle (half the bytes of a 2048x2048 float64 matrix)."""
+        rows, cols = np.triu_indices(self.total.shape[0])
+        return {
+            f"{prefix}_count": np.array(self.count, dtype=np.int64),
+            f"{prefix}_total": self.total.numpy(),
+            f"{prefix}_outer": self.outer.numpy()[rows, cols],
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> FeatureStats:
+        """Inverse of :meth:`arrays`."""
+        total = np.asarray(arrays[f"{prefix}_total"], dtype=np.float64)
+        rows, cols = np.triu_indices(total.shape[0])
+        outer = np.zeros((total.shape[0], total.shape[0]))
+        outer[rows, cols] = arrays[f"{prefix}_outer"]
+        outer[cols, rows] = arrays[f"{prefix}_outer"]
+        return cls(torch.from_numpy(total), torch.from_numpy(outer), int(arrays[f"{prefix}_count"]))
+
+
+#: File beside a ``results.json`` that holds the FID statistics of that point.
+FID_STATS_NAME = "fid_stats.npz"
+
+
+def save_fid_stats(path: str | Path, real: FeatureStats, fake: FeatureStats) -> None:
+    """Write the reference and decoded FID statistics of one point atomically, so pooled FIDs
+    over any set of sequences can be computed later without re-running Inception.
+
+    Args:
+        path: destination ``.npz``.
+        real: statistics of the reference patches.
+        fake: statistics of the decoded patches.
+    """
+    buffer = io.BytesIO()
+    np.savez(buffer, **real.arrays("real"), **fake.arrays("fake"))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_fid_stats(path: str | Path) -> tuple[FeatureStats, FeatureStats]:
+    """Read what :func:`save_fid_stats` wrote.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        ``(real, fake)`` statistics.
+
+    Raises:
+        DivinrError: the file is missing or not FID statistics.
+    """
+    try:
+        with np.load(path) as data:
+            arrays = dict(data)
+        return FeatureStats.from_arrays(arrays, "real"), FeatureStats.from_arrays(arrays, "fake")
+    except (OSError, ValueError, KeyError) as exc:
+        raise DivinrError(f"cannot read FID statistics {path} ({exc}); re-run the point to rewrite it") from None
+
+
+def pooled_fid(pairs: Iterable[tuple[FeatureStats, FeatureStats]]) -> float:
+    """FID of the union of the patches of several sequences (the per-dataset FID).
+
+    Args:
+        pairs: ``(real, fake)`` statistics per sequence, as :class:`SequenceEvaluator` returns them.
+
+    Returns:
+        The FID of the merged statistics; NaN when there is nothing or fewer than 2 patches.
+    """
+    merged: tuple[FeatureStats, FeatureStats] | None = None
+    for real, fake in pairs:
+        if merged is None:
+            dim = real.total.shape[0]
+            merged = (FeatureStats.empty(dim), FeatureStats.empty(dim))
+        merged[0].merge(real)
+        merged[1].merge(fake)
+    return float("nan") if merged is None else fid_from_stats(*merged)
 
 
 def fid_from_stats(real: FeatureStats, fake: FeatureStats) -> float:
