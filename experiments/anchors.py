@@ -39,10 +39,9 @@ from divinr.anchors.base import RawVideo, param_tag
 from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
 from divinr.metrics.evaluate import SequenceEvaluator
-from divinr.metrics.perceptual import FID_STATS_NAME, save_fid_stats
 from divinr.results import RESULTS_NAME, RunResult, git_commit, is_finished, read_result, write_result
 from experiments.callbacks import summary_table
-from experiments.run import _one_line, changed_settings, load_frames, point_name
+from experiments.run import _one_line, changed_settings, load_frames, point_name, score_fields
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +149,7 @@ def encode_anchor_point(
     scores = evaluator(video.frames, _read_decoded(decoded_path, video))
     if not cfg.keep_workdir:
         decoded_path.unlink()  # rgb24 is ~1 GB per 600 frames; the stream reproduces it
-    extra: dict[str, str] = {}
-    if scores["fid_stats"] is not None:
-        save_fid_stats(run_dir / FID_STATS_NAME, *scores["fid_stats"])
-        extra["fid_stats"] = FID_STATS_NAME
+    fields, extra = score_fields(cfg, scores, run_dir)
     return RunResult(
         codec=codec.name,
         label=_label(cfg, codec),
@@ -166,8 +162,7 @@ def encode_anchor_point(
         width=video.width,
         height=video.height,
         fps=float(video.fps),
-        metrics={m: scores[m] for m in cfg.metrics},
-        skipped_metrics=dict(scores["skipped"]),
+        **fields,
         encode_seconds=point.encode_seconds,
         decode_seconds=point.decode_seconds,
         bitstream=Path(point.bitstream_path).name,

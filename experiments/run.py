@@ -263,6 +263,19 @@ def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[st
     return sorted(k for k in set(old) | set(new) if relevant(k) and old.get(k) != new.get(k))
 
 
+def score_fields(cfg: DictConfig, scores: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """RunResult fields and config entries of an evaluation.
+
+    FID feature statistics go to ``fid_stats.npz`` beside ``results.json`` (named in the config)
+    so Table 1 can pool them per dataset.
+    """
+    fields = {"metrics": {m: scores[m] for m in cfg.metrics}, "skipped_metrics": dict(scores["skipped"])}
+    if scores["fid_stats"] is None:
+        return fields, {}
+    save_fid_stats(run_dir / FID_STATS_NAME, *scores["fid_stats"])
+    return fields, {"fid_stats": FID_STATS_NAME}
+
+
 def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) -> RunResult:
     """Encode, write the stream, decode it from the file, evaluate; the result to be written."""
     config = encoder_config(cfg)
@@ -302,10 +315,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
             log_media(logger.experiment, cfg, video, decoded.frames, payload)
         except Exception as exc:  # noqa: BLE001 - media logging is a convenience, never a failure
             warnings.warn(f"W&B media logging failed ({type(exc).__name__}: {exc})")
-    extra: dict[str, str] = {}
-    if scores["fid_stats"] is not None:
-        save_fid_stats(run_dir / FID_STATS_NAME, *scores["fid_stats"])
-        extra["fid_stats"] = FID_STATS_NAME
+    fields, extra = score_fields(cfg, scores, run_dir)
     return RunResult(
         codec=cfg.codec,
         label=cfg.label or default_label(cfg),
@@ -318,8 +328,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
         width=video.width,
         height=video.height,
         fps=float(video.fps),
-        metrics={m: scores[m] for m in cfg.metrics},
-        skipped_metrics=dict(scores["skipped"]),
+        **fields,
         encode_seconds=compressed.encode_seconds,
         decode_seconds=decode_seconds,
         peak_memory_bytes=dict(compressed.peak_memory_bytes),
