@@ -51,7 +51,6 @@ from divinr.reporting import wandb_mode
 from divinr.results import (
     RESULTS_NAME,
     RunResult,
-    atomic_write_bytes,
     git_commit,
     is_finished,
     read_result,
@@ -282,10 +281,11 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
     video = load_frames(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg, run_dir, f"{cfg.exp_name}/{dataset}/{sequence}/{cfg.rate_point}")
-    compressed = compress(video, config, workdir=run_dir / WORK_NAME, logger=logger, progress=cfg.progress)
-
     stream = run_dir / STREAM_NAME
-    atomic_write_bytes(stream, compressed.bitstream)
+    # The stream is written as soon as it exists, so a failure afterwards never loses the training.
+    compressed = compress(
+        video, config, workdir=run_dir / WORK_NAME, logger=logger, progress=cfg.progress, bitstream_path=stream
+    )
     # The honest decoder: only the file and the public backbone, loaded afresh.
     start = time.perf_counter()
     decoded = decompress(
@@ -298,6 +298,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
     max_diff = 0.0 if matches else float((decoded.frames - compressed.reconstruction.frames).abs().max())
     if not matches:
         warnings.warn(f"{run_dir}: decoded frames differ from the encoder's reconstruction (max |diff| {max_diff:.3g})")
+    compressed.reconstruction.frames = torch.empty(0)  # a third full-length float32 copy is not needed any more
     write_video(run_dir / DECODED_NAME, decoded.frames, decoded.fps)
 
     pixels = video.num_frames * video.width * video.height
