@@ -465,11 +465,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
-def write_json_atomic(report: dict[str, Any], path: Path) -> None:
-    """Write next to the destination and rename, so a reader never sees half a file."""
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-
-
 def _fmt(value: Any, scale: float = 1.0, digits: int = 4) -> str:
     return "-" if value is None else f"{value * scale:.{digits}g}"
 
@@ -668,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         report["speedups"] = {k: v for k, v in speedups.items() if v is not None}
     report["targets"] = check_targets(report)
-    write_json_atomic(report, args.out)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"written {args.out}")
     return report

@@ -28,14 +28,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from divinr.anchors import CODECS, ReferenceCodec, build_codec, write_raw_rgb
-from divinr.anchors.base import RawVideo, param_tag
+from divinr.anchors.base import RawVideo, param_tag, read_raw_rgb_levels
 from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
 from divinr.metrics.evaluate import SequenceEvaluator
@@ -113,12 +111,6 @@ def _label(cfg: DictConfig, codec: ReferenceCodec) -> str:
         return codec.name
 
 
-def _read_decoded(path: Path, video: Video) -> torch.Tensor:
-    """The decoded rgb24 file as (T, 3, H, W) uint8 (a quarter of the float copy's memory)."""
-    data = np.fromfile(path, dtype=np.uint8).reshape(video.num_frames, video.height, video.width, 3)
-    return torch.from_numpy(data).permute(0, 3, 1, 2)
-
-
 def encode_anchor_point(
     cfg: DictConfig,
     codec: ReferenceCodec,
@@ -146,7 +138,7 @@ def encode_anchor_point(
     """
     point = codec.encode_decode(raw, video.fps, param, run_dir, keep_decoded=False)
     decoded_path = Path(point.decoded_path)
-    scores = evaluator(video.frames, _read_decoded(decoded_path, video))
+    scores = evaluator(video.frames, read_raw_rgb_levels(decoded_path, video.num_frames, video.width, video.height))
     if not cfg.keep_workdir:
         decoded_path.unlink()  # rgb24 is ~1 GB per 600 frames; the stream reproduces it
     fields, extra = score_fields(cfg, scores, run_dir)

@@ -101,8 +101,9 @@ def check_raw_size(path: Path, num_frames: int, width: int, height: int) -> None
         )
 
 
-def read_raw_rgb(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
-    """Read an rgb24 file back as (T, 3, H, W) floats in [0, 1].
+def read_raw_rgb_levels(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+    """Read an rgb24 file back as (T, 3, H, W) uint8, after checking its size (a quarter of
+    the float copy's memory, which matters for 600-frame sequences).
 
     Args:
         path: the rgb24 file.
@@ -113,7 +114,12 @@ def read_raw_rgb(path: Path, num_frames: int, width: int, height: int) -> torch.
     """
     check_raw_size(path, num_frames, width, height)
     data = np.fromfile(path, dtype=np.uint8).reshape(num_frames, height, width, 3)
-    return torch.from_numpy(data).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(data).permute(0, 3, 1, 2)
+
+
+def read_raw_rgb(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+    """Read an rgb24 file back as (T, 3, H, W) floats in [0, 1]."""
+    return read_raw_rgb_levels(path, num_frames, width, height).float().div_(255.0)
 
 
 @dataclass

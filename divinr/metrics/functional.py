@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from divinr.data.video import KB, KG, KR
+
 #: BT.709 luma weights (R, G, B): the HD matrix the data pipeline uses for YUV <-> RGB.
-BT709_LUMA = (0.2126, 0.7152, 0.0722)
+BT709_LUMA = (KR, KG, KB)
 
 #: FID/256 patch side (HiFiC; NeuralCompression's ``update_patch_fid``).
 FID_PATCH = 256
