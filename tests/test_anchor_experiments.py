@@ -27,7 +27,7 @@ from divinr.data.samples import sample_clip_path
 from divinr.errors import PresetError
 from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
-from divinr.training.hinerv import HINERV_PRESETS
+from divinr.training.hinerv import SEQUENCE_PRESETS
 from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
@@ -75,7 +75,7 @@ def test_anchor_experiments_compose_with_the_paper_settings(name: str) -> None:
     assert max(x265.qps) == 51 and x265.yuv_pix_fmt == "yuv444p"  # lowest reachable rate, 4:4:4
     assert isinstance(vvenc, VVenCCodec) and vvenc.intra_period == 16 and max(vvenc.qps) > 52
     assert isinstance(hinerv, HiNeRVCodec) and hinerv.epochs == (300, 60, 30)
-    assert list(hinerv.presets) == list(HINERV_PRESETS)
+    assert hinerv.presets == SEQUENCE_PRESETS
     for codec in codecs.values():  # one folder per point: the names of a sweep are distinct
         names = [rate_point_name(p) for p in codec.default_params()]
         assert len(set(names)) == len(names)

@@ -15,6 +15,7 @@ from divinr.errors import PresetError, VideoFormatError
 from divinr.models.inr import INRConfig, LatentINR
 from divinr.training.hinerv import (
     HINERV_PRESETS,
+    SEQUENCE_PRESETS,
     FrameClips,
     HiNeRVModule,
     hinerv_config,
@@ -163,6 +164,17 @@ def test_presets_reach_pixel_resolution_from_a_9x16_grid() -> None:
     assert list(counts.values()) == sorted(counts.values())
     bpp = {name: n * 5 / (600 * 1024 * 576) for name, n in counts.items()}
     assert bpp["xxs"] < 0.006 and 0.02 < bpp["m"] < 0.1
+    assert list(SEQUENCE_PRESETS) == list(HINERV_PRESETS)[-4:]
+
+
+def test_small_presets_put_a_short_clip_in_the_low_rate_range() -> None:
+    """49 frames at 512x288: 4xs..xs at ~5 bits per parameter span 0.005-0.1 bpp, four points."""
+    bpp = []
+    for name in ("4xs", "3xs", "xxs", "xs"):
+        with torch.device("meta"):
+            inr = LatentINR(hinerv_config(name, (288, 512), 49), (288, 512))
+        bpp.append(inr.num_parameters * 5 / (49 * 288 * 512))
+    assert bpp == sorted(bpp) and 0.005 < bpp[0] and bpp[-1] < 0.1
 
 
 def test_config_scales_grids_with_length_and_strides_with_size() -> None:

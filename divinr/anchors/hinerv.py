@@ -24,7 +24,7 @@ from divinr.inference.decoder import decode_stream
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.nola import NOLAConfig
 from divinr.results import atomic_write_bytes
-from divinr.training.hinerv import HINERV_PRESETS, hinerv_config, train_hinerv
+from divinr.training.hinerv import HINERV_PRESETS, SEQUENCE_PRESETS, hinerv_config, train_hinerv
 from divinr.training.stages import paper_phases
 
 # HiNeRV's own short schedule (300 dense + 60 prune + 30 QAT epochs).
@@ -84,7 +84,7 @@ class HiNeRVCodec(ReferenceCodec):
 
     def __init__(
         self,
-        presets: tuple[str, ...] = tuple(HINERV_PRESETS),
+        presets: tuple[str, ...] = SEQUENCE_PRESETS,
         epochs: tuple[int, int, int] = HINERV_EPOCHS,
         device: str = "auto",
         seed: int = 0,
