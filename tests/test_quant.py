@@ -76,6 +76,41 @@ def test_fake_quantize_matches_codec_and_passes_gradient_straight_through() -> N
     assert torch.equal(w.grad, upstream)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 6, 8, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_device_side_fake_quantize_is_bit_exact_with_the_bitstream_path(bits: int, dtype: torch.dtype) -> None:
+    """The sync-free training quantiser must reproduce the host-side codec exactly, edge cases included."""
+    gen = torch.Generator().manual_seed(bits)
+    cases = [
+        torch.randn(300, generator=gen) * 0.05,
+        torch.rand(64, generator=gen) + 0.5,  # all positive: zero point 0
+        -torch.rand(64, generator=gen) * 1e-30,  # all negative, tiny: scale near float32 tiny
+        torch.full((7,), 3.0),
+        torch.zeros(9),
+        torch.tensor([-1.0, 0.0, 1.0, 0.5 / 31]),  # values on rounding boundaries
+    ]
+    for w in cases:
+        w = w.to(dtype)
+        params = quant_params(w, bits)
+        expected = dequantize(quantize(w, params), params).to(dtype)
+        got = fake_quantize(w, bits)
+        assert got.dtype == dtype and torch.equal(got, expected), (w[:4], bits)
+
+
+@pytest.mark.gpu
+def test_fake_quantize_never_synchronises_with_the_host() -> None:
+    w = torch.randn(4096, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = quant_noise(w, 6, 0.9)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    params = quant_params(w, 6)
+    assert torch.equal(fake_quantize(w, 6).cpu(), dequantize(quantize(w.cpu(), params), params))
+
+
 def test_quant_noise_rho_extremes_and_fraction() -> None:
     w = torch.randn(20000, requires_grad=True)
     assert torch.equal(quant_noise(w, 6, 0.0), w)

@@ -137,8 +137,32 @@ def _straight_through(w: Tensor, value: Tensor) -> Tensor:
     return value.detach() + (w - w.detach())
 
 
+def _device_quant_params(w: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """:func:`quant_params` as 0-d tensors on ``w``'s device: (float32 scale, zero point).
+
+    The same arithmetic as the host version (range in float64, scale rounded up to float32,
+    zero point rounded half to even), so the values are identical, but nothing is read back
+    to the host: Quant-Noise runs in every NOLA layer of the DiT's forward pass, and a host
+    read per tensor would stall the GPU queue once per layer.
+    """
+    w = w.detach()
+    lo = w.min().double().clamp(max=0.0)
+    hi = w.max().double().clamp(min=0.0)
+    exact = (hi - lo) / levels
+    scale = exact.float()
+    scale = torch.where(scale.double() < exact, torch.nextafter(scale, torch.full_like(scale, math.inf)), scale)
+    scale = scale.clamp(min=_FLOAT32_TINY)
+    constant = hi == lo
+    scale = torch.where(constant, torch.ones_like(scale), scale)
+    zero_point = torch.where(constant, torch.zeros_like(lo), torch.round(-lo / scale.double()).clamp(0, levels))
+    return scale, zero_point.float()
+
+
 def fake_quantize(w: Tensor, bits: int = 6) -> Tensor:
     """Quantise and dequantise ``w`` with a straight-through gradient.
+
+    Bit-for-bit ``dequantize(quantize(w, quant_params(w)))``, computed on ``w``'s device
+    without a host synchronisation (see :func:`_device_quant_params`).
 
     Args:
         w: Weights (gradients flow to them unchanged).
@@ -150,8 +174,13 @@ def fake_quantize(w: Tensor, bits: int = 6) -> Tensor:
     >>> fake_quantize(torch.tensor([0.0, 1.0]), bits=1).tolist()
     [0.0, 1.0]
     """
-    params = quant_params(w, bits)
-    return _straight_through(w, dequantize(quantize(w, params), params).to(w.dtype))
+    _check_bits(bits)
+    if w.numel() == 0:
+        return w
+    levels = (1 << bits) - 1
+    scale, zero_point = _device_quant_params(w, levels)
+    codes = torch.clamp(torch.round(w.detach().float() / scale) + zero_point, 0, levels)
+    return _straight_through(w, ((codes - zero_point) * scale).to(w.dtype))
 
 
 def quant_noise(w: Tensor, bits: int, rho: float, generator: torch.Generator | None = None) -> Tensor:
