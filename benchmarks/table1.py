@@ -42,10 +42,10 @@ from typing import Any
 from divinr.data.datasets import dataset_key, dataset_title
 from divinr.errors import EXIT_USER_ERROR, DivinrError, unknown_choice
 from divinr.metrics.bd import METHODS, BDWarning, bd_metric
+from divinr.metrics.names import HIGHER_IS_BETTER, REPORTED_METRICS
 from divinr.reporting import (
     ANCHOR_CODEC,
     AVERAGE_SEQUENCE,
-    HIGHER_IS_BETTER,
     FidStats,
     RDWarning,
     codec_labels,
@@ -143,7 +143,7 @@ def results_from_imported(points: Iterable[Any], source_file: str | Path | None 
                     sequence=sequence,
                     rate_point=str(index),
                     bpp=point.bpp,
-                    metrics={m: getattr(point, m) for m in ("psnr", "ms_ssim", "lpips", "dists", "fid")},
+                    metrics={m: getattr(point, m) for m in REPORTED_METRICS},
                     config={
                         "imported_from": str(source_file) if source_file is not None else None,
                         "source": point.source,

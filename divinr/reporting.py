@@ -39,17 +39,15 @@ from urllib.parse import urlsplit
 from divinr.atomic import atomic_path
 from divinr.data.datasets import DATASETS, dataset_key, dataset_title
 from divinr.errors import DivinrError, unknown_choice
+from divinr.metrics.names import HIGHER_IS_BETTER, METRIC_LABELS, REPORTED_METRICS
 from divinr.results import RESULTS_NAME, RunResult, read_result
 
 if TYPE_CHECKING:
     from divinr.metrics.perceptual import FeatureStats
 
-METRICS = ("psnr", "ms_ssim", "lpips", "dists", "fid")
-METRIC_LABELS = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID/256"}
-HIGHER_IS_BETTER = {"psnr": True, "psnr_y": True, "ms_ssim": True, "lpips": False, "dists": False, "fid": False}
 ANCHOR_CODEC = "divinr"
 FIGURE_FORMATS = ("png", "pdf", "svg")
-WANDB_COLUMNS = ("dataset", "sequence", "codec", "rate_point", "bpp", *METRICS)
+WANDB_COLUMNS = ("dataset", "sequence", "codec", "rate_point", "bpp", *REPORTED_METRICS)
 #: Sequence name of points that are already dataset averages (imported from papers).
 AVERAGE_SEQUENCE = "average"
 _WANDB_HOST = "https://api.wandb.ai"
@@ -263,7 +261,7 @@ def _atomic_savefig(figure: Any, path: Path, fmt: str) -> None:
 def plot_rd_curves(
     results: Sequence[RunResult],
     out_dir: str | Path,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = REPORTED_METRICS,
     formats: Sequence[str] = ("png", "pdf"),
     *,
     anchor: str = ANCHOR_CODEC,
@@ -392,7 +390,7 @@ def _wandb_rows(results: Iterable[RunResult]) -> list[list[Any]]:
     for r in results:
         if r.status != "ok":
             continue
-        metrics = [_finite(r.metrics.get(m)) for m in METRICS]
+        metrics = [_finite(r.metrics.get(m)) for m in REPORTED_METRICS]
         rows.append([dataset_key(r.dataset), r.sequence, r.codec, r.rate_point, _finite(r.bpp), *metrics])
     return rows
 
@@ -440,7 +438,7 @@ def log_rd_to_wandb(
         payload: dict[str, Any] = {
             f"{prefix}/points": wandb.Table(columns=list(WANDB_COLUMNS), data=_wandb_rows(results))
         }
-        for metric in METRICS:
+        for metric in REPORTED_METRICS:
             by_dataset: dict[str, list[tuple[str, Curve]]] = defaultdict(list)
             for (dataset, codec), points in sorted(rd_points(results, metric, fid_stats).items()):
                 by_dataset[dataset].append((codec, points))

@@ -359,6 +359,13 @@ def test_evaluator_skip_missing(empty_cache):
     assert available_metrics() == METRICS
 
 
+def test_every_evaluated_metric_has_a_label_and_a_direction() -> None:
+    from divinr.metrics.names import HIGHER_IS_BETTER, METRIC_LABELS, REPORTED_METRICS
+
+    assert set(METRIC_LABELS) == set(HIGHER_IS_BETTER) == set(METRICS)
+    assert set(REPORTED_METRICS) <= set(METRICS) and "psnr_y" not in REPORTED_METRICS
+
+
 def test_evaluator_rejects_bad_input():
     with pytest.raises(PresetError, match="unknown metric"):
         SequenceEvaluator(("psnr", "vmaf"))

@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from divinr.anchors.base import AnchorError
+from divinr.metrics.names import REPORTED_METRICS
 
-METRICS = ("psnr", "ms_ssim", "lpips", "dists", "fid")
 REQUIRED = ("codec", "dataset", "sequence", "bpp", "source", "reference")
 PROVENANCE = ("source", "reference")
-ALLOWED = frozenset(REQUIRED + METRICS + ("notes",))
+ALLOWED = frozenset(REQUIRED + REPORTED_METRICS + ("notes",))
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def _point(record: dict[str, Any], where: str) -> ImportedPoint:
         raise AnchorError(f"{where}: bpp {bpp} is negative; bits per pixel must be >= 0")
     metrics = {
         name: _number(record[name], name, where)
-        for name in METRICS
+        for name in REPORTED_METRICS
         if record.get(name) is not None and not (isinstance(record[name], str) and not record[name].strip())
     }
     return ImportedPoint(

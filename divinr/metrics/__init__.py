@@ -9,6 +9,8 @@ Layout (pure functions plus thin stateful wrappers):
 - :mod:`~divinr.metrics.evaluate`: the sequence evaluator (per-frame means, per-sequence FID
   and the FID statistics that pooled per-dataset FIDs are computed from).
 - :mod:`~divinr.metrics.bd`: BD-rate / BD-metric (akima, pchip, cubic).
+- :mod:`~divinr.metrics.names`: metric names, figure labels and directions, shared by all
+  reports.
 - :mod:`~divinr.metrics.weights`: the weight cache and ``python -m divinr.metrics.weights download``.
 
 Names are imported on first use, so ``divinr.metrics.bd`` does not pay for torchmetrics,
@@ -40,6 +42,9 @@ _EXPORTS = {
     "load_fid_stats": "perceptual",
     "FID_STATS_NAME": "perceptual",
     "METRICS": "evaluate",
+    "REPORTED_METRICS": "names",
+    "METRIC_LABELS": "names",
+    "HIGHER_IS_BETTER": "names",
     "SequenceEvaluator": "evaluate",
     "available_metrics": "evaluate",
     "evaluate_sequence": "evaluate",
