@@ -90,13 +90,25 @@ def test_psnr_sees_frames_as_8bit():
     as_uint8 = torch.round(ref * 255).to(torch.uint8)
     dec = _noisy(ref, 0.05)
     assert torch.equal(F.psnr_rgb(ref, dec), F.psnr_rgb(as_uint8, dec))
-    # A change below half an 8-bit step does not exist in an 8-bit file.
-    assert torch.isinf(F.psnr_rgb(as_uint8, as_uint8.double() / 255 + 0.4 / 255)).all()
+    # A change below half an 8-bit step does not exist in an 8-bit file: the frame is exact.
+    assert torch.equal(F.psnr_rgb(as_uint8, as_uint8.double() / 255 + 0.4 / 255), F.psnr_rgb(ref, ref))
 
 
-def test_identical_frames():
+def test_identical_frames_score_as_one_level_of_error_in_one_sample():
     ref = _frames(2, size=176)
-    assert torch.isinf(F.psnr_rgb(ref, ref)).all() and torch.isinf(F.psnr_y(ref, ref)).all()
+    levels = np.round(ref.double().numpy() * 255)
+    height, width = levels.shape[-2:]
+    exact_rgb = 10 * np.log10(255.0**2 * 3 * height * width)
+    np.testing.assert_allclose(F.psnr_rgb(ref, ref).numpy(), [exact_rgb] * 2, rtol=1e-12)
+    np.testing.assert_allclose(F.psnr_y(ref, ref).numpy(), [10 * np.log10(255.0**2 * height * width)] * 2, rtol=1e-12)
+    one_off = levels.copy()
+    one_off[0, 1, 5, 7] += 1 if one_off[0, 1, 5, 7] < 255 else -1  # the smallest possible RGB error
+    lossy = F.psnr_rgb(torch.from_numpy(one_off / 255), ref)
+    assert lossy[0] == pytest.approx(exact_rgb, rel=1e-12) and lossy[1] == pytest.approx(exact_rgb, rel=1e-12)
+    # The mean over a sequence with one exact frame stays finite.
+    noisy = _noisy(ref, 0.05)
+    mixed = torch.stack([ref[0], noisy[1]])
+    assert torch.isfinite(F.psnr_rgb(ref, mixed)).all() and F.psnr_rgb(ref, mixed)[0] > F.psnr_rgb(ref, mixed)[1]
     assert torch.allclose(F.ms_ssim(ref, ref), torch.ones(2), atol=1e-5)
 
 

@@ -44,9 +44,16 @@ def to_unit_range(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 def _psnr_from_levels(reference: Tensor, decoded: Tensor) -> Tensor:
+    """Per-frame PSNR, peak 255; an identical frame scores as one level of error in one sample.
+
+    PSNR of an exact frame is +inf, which would make the per-sequence mean inf and drop the
+    point from every curve. Such a frame is instead given the MSE of one level of error in
+    one sample: for 8-bit RGB that is the smallest error a frame of that size can carry, so no
+    lossy frame scores above an exact one.
+    """
     mse = (reference - decoded).square().flatten(1).mean(dim=1)
-    # Identical frames give mse 0 -> +inf dB; kept (not capped) so no cap hides in averages.
-    return 10.0 * torch.log10(255.0**2 / mse)
+    floor = 1.0 / reference[0].numel()
+    return 10.0 * torch.log10(255.0**2 / torch.where(mse > 0, mse, floor))
 
 
 def psnr_rgb(reference: Tensor, decoded: Tensor) -> Tensor:
@@ -57,7 +64,8 @@ def psnr_rgb(reference: Tensor, decoded: Tensor) -> Tensor:
         decoded: ``(N, 3, H, W)`` reconstructed frames.
 
     Returns:
-        ``(N,)`` float64 PSNR in dB; ``inf`` for an identical frame.
+        ``(N,)`` float64 PSNR in dB; an identical frame gets ``10 log10(255^2 * 3HW)``, the
+        score of one level of error in one sample.
 
     Example:
         >>> ref = torch.zeros(1, 3, 2, 2)
@@ -85,7 +93,8 @@ def psnr_y(reference: Tensor, decoded: Tensor) -> Tensor:
         decoded: ``(N, 3, H, W)`` reconstructed frames.
 
     Returns:
-        ``(N,)`` float64 PSNR in dB; ``inf`` for an identical frame.
+        ``(N,)`` float64 PSNR in dB; an identical frame gets ``10 log10(255^2 * HW)``, the score
+        of one level of luma error in one pixel.
     """
     return _psnr_from_levels(luma_bt709(to_8bit_levels(reference)), luma_bt709(to_8bit_levels(decoded)))
 
