@@ -318,6 +318,30 @@ def test_vtm_command_lines(tmp_path):
     assert argv420[-1] == "--Level=4.1"
 
 
+def _write_script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(not VVenCCodec().available(), reason="needs imageio-ffmpeg's binary for the YUV conversion")
+def test_vtm_point_runs_the_apps_and_deletes_its_yuv_files(tmp_path):
+    """Stand-in apps (the stream is the YUV itself) exercise the whole VTM plumbing."""
+    args = 'while [ $# -gt 0 ]; do case "$1" in -i) in="$2";; -b) bin="$2";; -o) out="$2";; esac; shift; done\n'
+    enc = _write_script(tmp_path / "EncoderApp", args + 'cp "$in" "$bin"\n')
+    dec = _write_script(tmp_path / "DecoderApp", args + 'cp "$bin" "$out"\n')
+    cfg = tmp_path / "encoder_lowdelay_P_vtm.cfg"
+    cfg.write_text("")
+    frames = torch.rand(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    point = VTMCodec(enc, dec, cfg, chroma_format="444").encode_decode(frames, 25.0, {"qp": 32}, tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        "input.rgb", "vtm_qp32.bin", "vtm_qp32_decoded.rgb"
+    ]
+    assert point.bits == 4 * 64 * 48 * 3 * 2 * 8  # 10-bit 4:4:4 samples in 16-bit words
+    reference = torch.round(frames * 255) / 255
+    assert (point.decoded - reference).abs().max() <= 1.5 / 255  # 10-bit YUV round trip
+
+
 def test_vtm_availability(tmp_path):
     enc, dec, cfg = _fake_vtm(tmp_path)
     assert not VTMCodec(None, dec, cfg).available()

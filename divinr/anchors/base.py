@@ -238,6 +238,13 @@ class ReferenceCodec(ABC):
     def _decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> list[list[str]]:
         """The command lines that turn ``bitstream`` into the rgb24 file ``decoded``."""
 
+    def scratch_files(self, bitstream: Path) -> list[Path]:
+        """Intermediate files of one point (e.g. raw YUV for the VTM apps), deleted once decoded.
+
+        At 600 frames of 1024x576 each is about 1 GB, so a sweep must not keep them.
+        """
+        return []
+
     def encode_decode(
         self,
         frames: torch.Tensor | RawVideo,
@@ -274,6 +281,8 @@ class ReferenceCodec(ABC):
             raise AnchorError(f"{self.name} wrote an empty bitstream for {param}; this rate point is not usable")
         decode_cmds = self._decode(raw, bitstream, decoded)
         decode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in decode_cmds)
+        for scratch in self.scratch_files(bitstream):
+            scratch.unlink(missing_ok=True)
         bits = os.path.getsize(bitstream) * 8
         point = RDPoint(
             codec=self.name,

@@ -140,10 +140,14 @@ class VTMCodec(ReferenceCodec):
         """The DecoderApp command line (10-bit output)."""
         return [str(self.decoder_app), "-b", str(bitstream), "-o", str(rec), "-d", "10"]
 
+    def scratch_files(self, bitstream: Path) -> list[Path]:
+        """The 10-bit YUV input of EncoderApp and the reconstruction of DecoderApp."""
+        return [bitstream.with_suffix(".input.yuv"), bitstream.with_suffix(".rec.yuv")]
+
     def _encode(self, raw: RawVideo, fps: float, param: dict[str, Any], bitstream: Path) -> list[list[str]]:
         if self.chroma_format == "420" and (raw.width % 2 or raw.height % 2):
             raise VideoFormatError(f"4:2:0 needs even frame sizes, got {raw.width}x{raw.height}; crop or resize")
-        yuv = bitstream.with_suffix(".input.yuv")
+        yuv = self.scratch_files(bitstream)[0]
         to_yuv = [
             self.ffmpeg, *FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{raw.width}x{raw.height}",
             "-i", str(raw.path), "-vf", RGB_TO_YUV_FILTER, "-pix_fmt", _YUV_FORMATS[self.chroma_format],
@@ -153,7 +157,7 @@ class VTMCodec(ReferenceCodec):
         return [to_yuv, encode]
 
     def _decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> list[list[str]]:
-        rec = bitstream.with_suffix(".rec.yuv")
+        rec = self.scratch_files(bitstream)[1]
         to_rgb = [
             self.ffmpeg, *FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", _YUV_FORMATS[self.chroma_format],
             "-s", f"{raw.width}x{raw.height}", "-i", str(rec), "-vf", YUV_TO_RGB_FILTER,
