@@ -47,6 +47,7 @@ from divinr.models.nola import NOLAConfig, eject_nola, nola_layers, nola_state_d
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
 from divinr.training.losses import LossConfig
 from divinr.training.module import DiVINRModule
+from divinr.training.resume import epoch_checkpoint, resume_path
 from divinr.training.stages import Phase, paper_phases, total_epochs
 
 
@@ -189,19 +190,7 @@ def _make_trainer(
     device = config.resolved_device()
     all_callbacks = list(callbacks)
     if workdir is not None:
-        # One rolling checkpoint per epoch (+ last.ckpt, + one on an exception) so a crash or a
-        # cluster time-out resumes where it stopped.
-        all_callbacks.append(
-            L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=workdir / "checkpoints",
-                filename="latest",
-                save_last=True,
-                save_top_k=1,
-                every_n_epochs=1,
-                save_on_exception=True,
-                enable_version_counter=False,
-            )
-        )
+        all_callbacks.append(epoch_checkpoint(workdir))
     return L.Trainer(
         max_epochs=total_epochs(config.phases),
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -284,9 +273,8 @@ def train_codec(
     )
     history = EpochHistory()
     trainer = _make_trainer(config, workdir, logger, [history, *callbacks], progress)
-    last = workdir / "checkpoints" / "last.ckpt" if workdir else None
     trainer.fit(module, train_dataloaders=gop_loader(LatentGoPs(latents, gops), seed=config.seed),
-                ckpt_path=str(last) if last is not None and last.exists() else None)
+                ckpt_path=resume_path(workdir))
     header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(nola_layers(module.transformer)))
     return module, header, history.epochs
 

@@ -452,7 +452,9 @@ def test_hinerv_encode_and_decode_files(tmp_path: Path) -> None:
 
     frames = load_bikes(5, 64, 48)
     raw = write_raw_rgb(frames, tmp_path / "in.rgb")
-    encode_file(raw, 25.0, "xxs", tmp_path / "s.dvr", epochs=(2, 1, 1), device="cpu", seed=0)
+    work = tmp_path / "s_training"
+    encode_file(raw, 25.0, "xxs", tmp_path / "s.dvr", epochs=(2, 1, 1), device="cpu", seed=0, workdir=work)
+    assert not work.exists()  # checkpoints are dropped once the stream is written
     info = stream_info((tmp_path / "s.dvr").read_bytes())
     assert info["kind"] == "pixel_inr" and info["bits"]["nola"] == 0 and info["frames"] == 5
     assert info["bpp"] == (tmp_path / "s.dvr").stat().st_size * 8 / (5 * 64 * 48)

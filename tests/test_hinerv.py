@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -276,6 +278,37 @@ def test_three_stage_training_improves_and_keeps_pruned_weights_zero(bikes: torc
     initial = LatentINR(config, (48, 112))
     reference = frames.numpy()
     assert numpy_psnr(reference, render(inr, 9).numpy()) > numpy_psnr(reference, render(initial, 9).numpy()) + 2.0
+
+
+class _StopAt(L.Callback):
+    """Raises at the start of one epoch (a crash or time-out) and records the epochs it saw."""
+
+    def __init__(self, epoch: int | None) -> None:
+        self.epoch = epoch
+        self.seen: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("interrupted")
+        self.seen.append(trainer.current_epoch)
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path: Path) -> None:
+    frames = torch.rand(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    config = hinerv_config("4xs", (48, 64), 4)
+    phases = paper_phases(3, 2, 2)
+    common = {"clip_len": 2, "accelerator": "cpu", "enable_progress_bar": False, "workdir": tmp_path}
+    crash = _StopAt(4)  # in the pruning stage
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_hinerv(frames, config, phases, callbacks=[crash], **common)
+    assert crash.seen == [0, 1, 2, 3] and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+    resumed = _StopAt(None)
+    inr, history = train_hinerv(frames, config, phases, callbacks=[resumed], **common)
+    assert resumed.seen == [4, 5, 6]  # nothing trained twice
+    assert history["stage"] == ["dense"] * 3 + ["prune"] * 2 + ["quant"] * 2 and len(history["loss"]) == 7
+    total = sum(w.numel() for _, w in inr.decoder_parameters())
+    assert sum(int((w == 0).sum()) for _, w in inr.decoder_parameters()) >= round(0.15 * total)
 
 
 def test_train_hinerv_rejects_a_latent_head() -> None:

@@ -10,6 +10,7 @@ nothing but the bitstream, exactly like the external anchors.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,9 +53,21 @@ def pixel_inr_header(video: RawVideo, fps: float, inr_config: Any, bits: int = 6
 
 
 def encode_file(
-    raw: RawVideo, fps: float, preset: str, out: Path, *, epochs: tuple[int, int, int], device: str, seed: int
+    raw: RawVideo,
+    fps: float,
+    preset: str,
+    out: Path,
+    *,
+    epochs: tuple[int, int, int],
+    device: str,
+    seed: int,
+    workdir: Path | None = None,
 ) -> None:
-    """Train the pixel INR on an rgb24 file and write its bitstream."""
+    """Train the pixel INR on an rgb24 file and write its bitstream.
+
+    With ``workdir`` training checkpoints every epoch there and resumes from it when run
+    again after an interruption; the folder is removed once the bitstream is written.
+    """
     frames = read_raw_rgb(raw.path, raw.num_frames, raw.width, raw.height)
     config = hinerv_config(preset, (raw.height, raw.width), raw.num_frames)
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -66,14 +79,22 @@ def encode_file(
         accelerator="gpu" if cuda else "cpu",
         precision="bf16-mixed" if cuda else "32",
         enable_progress_bar=False,
+        workdir=workdir,
     )
     atomic_write_bytes(out, pack(pixel_inr_header(raw, fps, config), inr.state_dict(), {}))
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def decode_file(bitstream: Path, out: Path) -> None:
     """Decode a pixel-INR bitstream to an rgb24 file."""
     decoded = decode_stream(bitstream.read_bytes(), None, progress=False)
     write_raw_rgb(decoded.frames, out)
+
+
+def training_dir(bitstream: Path) -> Path:
+    """Where a point's training checkpoints live until its bitstream is written."""
+    return bitstream.parent / f"{bitstream.stem}_training"
 
 
 class HiNeRVCodec(ReferenceCodec):
@@ -115,6 +136,7 @@ class HiNeRVCodec(ReferenceCodec):
             sys.executable, "-m", "divinr.anchors.hinerv", "encode", str(raw.path),
             f"{raw.width}x{raw.height}", str(raw.num_frames), repr(float(fps)), param["preset"], str(bitstream),
             "--epochs", ",".join(map(str, self.epochs)), "--device", self.device, "--seed", str(self.seed),
+            "--workdir", str(training_dir(bitstream)),
         ]]  # fmt: skip
 
     def _decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> list[list[str]]:
@@ -134,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--epochs", default=",".join(map(str, HINERV_EPOCHS)))
     enc.add_argument("--device", default="auto")
     enc.add_argument("--seed", type=int, default=0)
+    enc.add_argument("--workdir", type=Path, default=None, help="checkpoint here and resume from it")
     dec = sub.add_parser("decode")
     dec.add_argument("bitstream", type=Path)
     dec.add_argument("out", type=Path)
@@ -143,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             width, height = (int(v) for v in args.size.split("x"))
             raw = RawVideo(args.raw, args.frames, width, height)
             epochs = tuple(int(v) for v in args.epochs.split(","))
-            encode_file(raw, args.fps, args.preset, args.out, epochs=epochs, device=args.device, seed=args.seed)  # type: ignore[arg-type]
+            encode_file(raw, args.fps, args.preset, args.out, epochs=epochs, device=args.device, seed=args.seed, workdir=args.workdir)  # type: ignore[arg-type]
         else:
             decode_file(args.bitstream, args.out)
     except DivinrError as err:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 from divinr.models.inr import INRConfig, LatentINR, parameter_owners
+from divinr.training.resume import epoch_checkpoint, resume_path
 from divinr.training.stages import Phase, StageCallback, phase_at, total_epochs
 
 HINERV_REFERENCE_FRAMES = 600
@@ -336,6 +338,13 @@ class HiNeRVModule(L.LightningModule):
             self.history["stage"].append(self.phases[phase_at(self.phases, self.current_epoch)[0]].name)
         self._epoch_terms = []
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hinerv_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run keeps the per-epoch history of the epochs before the interruption."""
+        self.history = checkpoint.get("hinerv_history", self.history)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         group = {"name": "inr", "params": list(self.inr.parameters()), "lr": self.phases[0].inr_lr}
         return torch.optim.AdamW([group], weight_decay=self.weight_decay)
@@ -356,7 +365,7 @@ def train_hinerv(
     logger: Any = None,
     max_time: Any = None,
     enable_progress_bar: bool = True,
-    default_root_dir: str | None = None,
+    workdir: str | Path | None = None,
     callbacks: list[L.Callback] | None = None,
 ) -> tuple[LatentINR, dict[str, list[Any]]]:
     """Train the HiNeRV baseline on one sequence through all phases.
@@ -376,7 +385,8 @@ def train_hinerv(
         logger: a Lightning logger; None logs nothing.
         max_time: Lightning's wall-clock limit (e.g. "00:12:00:00"); training stops early.
         enable_progress_bar: show Lightning's progress bar.
-        default_root_dir: where checkpoints go; checkpointing is off without it.
+        workdir: where per-epoch checkpoints go; a run finding ``last.ckpt`` there resumes
+            from it. Checkpointing is off without it.
         callbacks: extra Lightning callbacks.
 
     Returns:
@@ -392,6 +402,7 @@ def train_hinerv(
     L.seed_everything(seed, verbose=False)
     module = HiNeRVModule(LatentINR(config, tuple(frames.shape[-2:])), phases)
     loader = DataLoader(dataset, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    workdir = Path(workdir) if workdir is not None else None
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -399,15 +410,15 @@ def train_hinerv(
         max_epochs=total_epochs(phases),
         max_time=max_time,
         logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_checkpointing=default_root_dir is not None,
-        default_root_dir=default_root_dir,
+        callbacks=[*(callbacks or []), *([epoch_checkpoint(workdir)] if workdir is not None else [])],
+        enable_checkpointing=workdir is not None,
+        default_root_dir=str(workdir) if workdir is not None else None,
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=min(50, len(dataset)),
     )
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=resume_path(workdir))
     return module.inr.eval(), module.history
 
 
