@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -39,7 +40,15 @@ from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_cho
 from divinr.metrics.evaluate import SequenceEvaluator
 from divinr.results import RESULTS_NAME, RunResult, git_commit, is_finished, read_result, write_result
 from experiments.callbacks import summary_table
-from experiments.run import _one_line, changed_settings, load_frames, point_name, score_fields
+from experiments.run import (
+    _one_line,
+    changed_settings,
+    load_frames,
+    metrics_to_rescore,
+    point_name,
+    rescore_result,
+    score_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +214,7 @@ def run_anchor(cfg: DictConfig) -> list[RunResult | None] | None:
     current = _settings(OmegaConf.to_container(cfg, resolve=True))
     results: list[RunResult | None] = [None] * len(params)
     todo: list[int] = []
+    rescore: list[int] = []
     for i, param in enumerate(params):
         run_dir = folder / rate_point_name(param)
         if not is_finished(run_dir) or cfg.force:
@@ -218,29 +228,49 @@ def run_anchor(cfg: DictConfig) -> list[RunResult | None] | None:
                 "use another exp_name, or pass force=true to overwrite it",
                 file=sys.stderr,
             )
+        elif cfg.rescore and metrics_to_rescore(cfg, stored):
+            results[i] = stored
+            rescore.append(i)
+            continue
         else:
             print("skip")
             results[i] = stored
         print(run_dir)
-    if todo:
+    if todo or rescore:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".input-", dir=folder) as tmp:
-            _run_points(cfg, codec, [(params[i], i) for i in todo], folder, Path(tmp), name, results)
+            _run_points(cfg, codec, [(params[i], i) for i in todo], [(params[i], i) for i in rescore],
+                        folder, Path(tmp), name, results)
     if cfg.print_summary:
         print(summary_table([r for r in results if r is not None]))
     return results
+
+
+def _rescore_anchor_point(codec: ReferenceCodec, raw: RawVideo, stored: RunResult, run_dir: Path,
+                          reference: torch.Tensor, metrics: list[str], tmp: Path) -> RunResult:
+    """Decode a finished point's stream again and compute the metrics it lacks."""
+    decoded = tmp / "decoded.rgb"
+    codec.decode(raw, run_dir / str(stored.bitstream), decoded)
+    frames = read_raw_rgb_levels(decoded, raw.num_frames, raw.width, raw.height)
+    decoded.unlink()
+    return rescore_result(stored, run_dir, reference, frames, metrics)
 
 
 def _run_points(
     cfg: DictConfig,
     codec: ReferenceCodec,
     todo: list[tuple[dict[str, Any], int]],
+    rescore: list[tuple[dict[str, Any], int]],
     folder: Path,
     tmp: Path,
     name: tuple[str, str],
     results: list[RunResult | None],
 ) -> None:
-    """Load the frames once, then code each point; a problem before the first point fails them all."""
+    """Load the frames once, then code each point in ``todo`` and re-score each in ``rescore``.
+
+    A problem before the first point fails every point to code (re-scored points keep their
+    stored results).
+    """
     try:
         codec.check()
         video = load_frames(cfg)
@@ -250,6 +280,18 @@ def _run_points(
     except Exception as exc:  # noqa: BLE001 - recorded on every point, like a failure inside one
         setup_error = exc
         _report(exc, folder)
+    for param, i in rescore:
+        run_dir = folder / rate_point_name(param)
+        stored = results[i]
+        if setup_error is None and stored is not None:
+            try:
+                missing = metrics_to_rescore(cfg, stored)
+                results[i] = _rescore_anchor_point(codec, raw, stored, run_dir, video.frames, missing, tmp)
+                write_result(results[i], run_dir)
+                print(f"rescored {', '.join(m for m in missing if results[i].metrics.get(m) is not None) or 'nothing'}")
+            except Exception as exc:  # noqa: BLE001 - the stored result stays as it was
+                _report(exc, run_dir)
+        print(run_dir)
     for param, i in todo:
         run_dir = folder / rate_point_name(param)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@
 A point's folder is fixed by its config, ``results_root/exp_name/<dataset|clip>/<sequence>/
 rate_point``, so a sweep re-run skips finished points and resumes unfinished ones from their
 last training checkpoint. A point that fails records ``status: failed`` with a one-line error
-and returns normally, so the other points of a multirun go on.
+and returns normally, so the other points of a multirun go on. With ``rescore=true`` a
+finished point that lacks requested metrics (skipped for missing weights) is scored again from
+its decoded file instead of being skipped.
 
     python -m experiments.run +exp=demo
     python -m experiments.run +exp=uvg_sweep hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
@@ -18,6 +20,7 @@ and returns normally, so the other points of a multirun go on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -39,8 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from divinr.codec import EncoderConfig, compress, decompress, load_clip
 from divinr.data.datasets import dataset_key, get_dataset, load_sequence
 from divinr.data.samples import SAMPLE_CLIPS, sample_clip_path
-from divinr.data.video import Video, write_video
-from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
+from divinr.data.video import Video, read_video, write_video
+from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, VideoFormatError, unknown_choice
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import evaluate_sequence
 from divinr.metrics.perceptual import FID_STATS_NAME, save_fid_stats
@@ -70,7 +73,7 @@ LOG_NAME = "logs"
 LOGGERS = ("none", "csv", "wandb")
 # Settings that may change between a finished point and a re-run without changing its result.
 _ENVIRONMENT_KEYS = (
-    "results_root", "force", "keep_workdir", "progress", "print_summary", "metrics", "logger", "label",
+    "results_root", "force", "rescore", "keep_workdir", "progress", "print_summary", "metrics", "logger", "label",
     "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
 )
 
@@ -275,6 +278,45 @@ def score_fields(cfg: DictConfig, scores: dict[str, Any], run_dir: Path) -> tupl
     return fields, {"fid_stats": FID_STATS_NAME}
 
 
+def metrics_to_rescore(cfg: DictConfig, stored: RunResult) -> list[str]:
+    """Requested metrics a finished point lacks: skipped for missing weights, or not asked for then."""
+    return [m for m in cfg.metrics if stored.metrics.get(m) is None]
+
+
+def rescore_result(
+    stored: RunResult, run_dir: Path, reference: torch.Tensor, decoded: torch.Tensor, metrics: list[str]
+) -> RunResult:
+    """``stored`` with ``metrics`` computed now from the point's decoded frames; nothing else changes.
+
+    Metrics whose weights are still missing stay skipped, with the new reason. The stream, the
+    rate and every score already recorded are kept, so a sweep run before the metric weights
+    were downloaded needs no re-encoding.
+    """
+    scores = evaluate_sequence(reference, decoded, metrics=metrics, skip_missing=True)
+    done = [m for m in metrics if scores[m] is not None]
+    skipped = {k: v for k, v in stored.skipped_metrics.items() if k not in done}
+    skipped.update(scores["skipped"])
+    config = dict(stored.config)
+    if scores["fid_stats"] is not None:
+        save_fid_stats(run_dir / FID_STATS_NAME, *scores["fid_stats"])
+        config["fid_stats"] = FID_STATS_NAME
+    config["rescored"] = [*config.get("rescored", []), {"metrics": done, "git_commit": git_commit()}]
+    return dataclasses.replace(
+        stored, metrics={**stored.metrics, **{m: scores[m] for m in metrics}}, skipped_metrics=skipped, config=config
+    )
+
+
+def _rescore_point(cfg: DictConfig, run_dir: Path, stored: RunResult, metrics: list[str]) -> RunResult:
+    """Score a finished DiV-INR point again from its lossless decoded file."""
+    decoded_file = run_dir / (stored.decoded or DECODED_NAME)
+    if not decoded_file.is_file():
+        raise VideoFormatError(
+            f"{decoded_file} is missing, so {run_dir} cannot be re-scored; decode its stream again with "
+            f"`divinr decode {run_dir / STREAM_NAME} -o {decoded_file}`"
+        )
+    return rescore_result(stored, run_dir, load_frames(cfg).frames, read_video(decoded_file).frames, metrics)
+
+
 def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) -> RunResult:
     """Encode, write the stream, decode it from the file, evaluate; the result to be written."""
     config = encoder_config(cfg)
@@ -379,7 +421,18 @@ def run(cfg: DictConfig) -> RunResult | None:
             )
             print(run_dir)
             return None
-        print("skip")
+        missing = metrics_to_rescore(cfg, stored) if cfg.rescore else []
+        if missing:
+            try:
+                stored = _rescore_point(cfg, run_dir, stored, missing)
+            except DivinrError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                print(run_dir)
+                return None
+            write_result(stored, run_dir)
+            print(f"rescored {', '.join(m for m in missing if stored.metrics.get(m) is not None) or 'nothing'}")
+        else:
+            print("skip")
         print(run_dir)
         return stored
     if cfg.force:

@@ -170,6 +170,7 @@ class DivinrConfig:
     codec: str = "divinr"
     label: str | None = None
     force: bool = False
+    rescore: bool = False
     keep_workdir: bool = False
     progress: bool = True
     print_summary: bool = False

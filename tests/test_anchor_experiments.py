@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -174,6 +175,30 @@ def test_rerun_skips_finished_points_and_runs_new_ones(x265_run: dict, capsys: p
     assert last_lines(capsys, 5) == ["skip", str(folder / "qp45"), "skip", str(folder / "qp37"), str(folder / "qp41")]
     assert more[1].rate_point == "qp41" and more[1].status == "ok"
     assert {p: (folder / p / "results.json").stat().st_mtime_ns for p in kept} == kept
+
+
+@needs_x265
+def test_rescore_decodes_the_stream_again_for_missing_metrics(
+    x265_run: dict, standin_alexnet: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LPIPS added later: the stream is decoded again (into a scratch folder) and only LPIPS is computed."""
+    from divinr.metrics.perceptual import LPIPSMetric
+
+    folder = x265_run["folder"]
+    common = [o for o in x265_run["common"] if not o.startswith("metrics=")]
+    before = {p: read_result(folder / p / "results.json") for p in ("qp45", "qp37")}
+    capsys.readouterr()
+    results = run_anchor(compose_cfg(*common, "metrics=[psnr,psnr_y,lpips]", "rescore=true"))
+    assert last_lines(capsys, 4) == ["rescored lpips", str(folder / "qp45"), "rescored lpips", str(folder / "qp37")]
+    reference = load_clip(sample_clip_path("bikes"), width=WIDTH, height=HEIGHT, max_frames=FRAMES).frames
+    metric = LPIPSMetric(pretrained=True)
+    for (point, old), new in zip(before.items(), results):
+        assert read_result(folder / point / "results.json") == new and new.bpp == old.bpp
+        assert new.metrics["psnr"] == old.metrics["psnr"] and "lpips" not in new.skipped_metrics
+        kept = np.fromfile(folder / point / old.decoded, dtype=np.uint8).reshape(FRAMES, HEIGHT, WIDTH, 3)
+        decoded = torch.from_numpy(kept).permute(0, 3, 1, 2)
+        assert new.metrics["lpips"] == pytest.approx(float(metric(reference, decoded).double().mean()), rel=1e-5)
+    assert sorted(p.name for p in folder.iterdir()) == ["qp37", "qp41", "qp45"]  # no scratch left behind
 
 
 @needs_x265

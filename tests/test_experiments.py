@@ -266,6 +266,42 @@ def test_wandb_offline_runs_hold_media_and_the_rd_table(sweep: dict) -> None:
     assert {r["rate_point"]: r["bpp"] for r in rows} == pytest.approx(expected)
 
 
+def test_rescore_adds_missing_metrics_without_coding_again(
+    sweep: dict, standin_alexnet: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A point finished without LPIPS gets it from its decoded file; stream and other scores stay."""
+    from divinr.metrics.perceptual import LPIPSMetric
+
+    common = [o for o in sweep["common"] if not o.startswith("metrics=")]
+    cfg = compose_cfg(*common, "inr.preset=xs", "metrics=[psnr,psnr_y,lpips]", "rescore=true")
+    folder = point_dir(cfg)
+    before = read_result(folder / "results.json")
+    stream_mtime = (folder / STREAM_NAME).stat().st_mtime_ns
+    assert "lpips" not in before.metrics
+
+    cache = os.environ["DIVINR_WEIGHTS_DIR"]  # the fixture's stand-in cache
+    monkeypatch.setenv("DIVINR_WEIGHTS_DIR", str(folder / "no-weights-here"))
+    capsys.readouterr()
+    still_missing = run(cfg)
+    assert capsys.readouterr().out.splitlines()[-2] == "rescored nothing"
+    assert still_missing.metrics["lpips"] is None and "alexnet" in still_missing.skipped_metrics["lpips"]
+
+    monkeypatch.setenv("DIVINR_WEIGHTS_DIR", cache)
+    rescored = run(cfg)
+    assert capsys.readouterr().out.splitlines()[-2] == "rescored lpips"
+    stored = read_result(folder / "results.json")
+    assert stored == rescored and "lpips" not in stored.skipped_metrics
+    assert {k: stored.metrics[k] for k in ("psnr", "psnr_y")} == {k: before.metrics[k] for k in ("psnr", "psnr_y")}
+    assert (stored.bpp, stored.bits) == (before.bpp, before.bits)
+    assert (folder / STREAM_NAME).stat().st_mtime_ns == stream_mtime
+    reference = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5).frames
+    decoded = read_video(folder / "decoded.mp4").frames
+    expected = float(LPIPSMetric(pretrained=True)(reference, decoded).double().mean())
+    assert stored.metrics["lpips"] == pytest.approx(expected, rel=1e-5)
+    capsys.readouterr()
+    assert run(cfg) == stored and capsys.readouterr().out.splitlines()[-2] == "skip"  # nothing left to add
+
+
 def test_wandb_failure_falls_back_to_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(**kwargs: object) -> None:
         raise RuntimeError("no network")

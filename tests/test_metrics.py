@@ -150,20 +150,12 @@ def test_dists_matches_torchmetrics_implementation(dists_random, monkeypatch):
     torch.testing.assert_close(dists_random(ref, dec), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_lpips_loads_alexnet_from_cache(empty_cache):
-    # Only the ``features.*`` entries matter to LPIPS; a small stand-in checkpoint with the
-    # real key names and shapes exercises the same loading path as the 233 MB file.
-    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
-    g = torch.Generator().manual_seed(3)
-    state = {}
-    for i, shape in shapes.items():
-        state[f"features.{i}.weight"] = torch.randn(shape, generator=g)
-        state[f"features.{i}.bias"] = torch.randn(shape[0], generator=g)
-    torch.save(state, empty_cache / WEIGHTS["alexnet"].filename)
+def test_lpips_loads_alexnet_from_cache(standin_alexnet):
+    state = standin_alexnet
     metric = LPIPSMetric(pretrained=True)
     convs = [m for m in metric.net.net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 5
-    for conv, i in zip(convs, shapes):
+    for conv, i in zip(convs, (0, 3, 6, 8, 10)):
         assert torch.equal(conv.weight, state[f"features.{i}.weight"])
         assert torch.equal(conv.bias, state[f"features.{i}.bias"])
 

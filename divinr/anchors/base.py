@@ -245,6 +245,30 @@ class ReferenceCodec(ABC):
         """
         return []
 
+    def decode(self, raw: RawVideo, bitstream: Path, decoded: Path) -> tuple[float, list[list[str]]]:
+        """Decode one stream to an rgb24 file with ``raw``'s geometry (also to re-score a point later).
+
+        Args:
+            raw: the input the stream was coded from (its geometry; the file is not read).
+            bitstream: the stream.
+            decoded: where the rgb24 frames go.
+
+        Returns:
+            (seconds the decode commands took, the commands).
+
+        Raises:
+            AnchorError: a command failed.
+            BitstreamError: the decoded file has the wrong size (checked even
+                when the frames are not loaded: a wrong frame count must fail here, not in the
+                metrics).
+        """
+        commands = self._decode(raw, bitstream, decoded)
+        seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in commands)
+        for scratch in self.scratch_files(bitstream):
+            scratch.unlink(missing_ok=True)
+        check_raw_size(decoded, raw.num_frames, raw.width, raw.height)
+        return seconds, commands
+
     def encode_decode(
         self,
         frames: torch.Tensor | RawVideo,
@@ -279,10 +303,7 @@ class ReferenceCodec(ABC):
         if not bitstream.is_file() or bitstream.stat().st_size == 0:
             # Some encoders exit 0 yet write nothing (libvvenc at some low QPs): not a rate point.
             raise AnchorError(f"{self.name} wrote an empty bitstream for {param}; this rate point is not usable")
-        decode_cmds = self._decode(raw, bitstream, decoded)
-        decode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in decode_cmds)
-        for scratch in self.scratch_files(bitstream):
-            scratch.unlink(missing_ok=True)
+        decode_seconds, decode_cmds = self.decode(raw, bitstream, decoded)
         bits = os.path.getsize(bitstream) * 8
         point = RDPoint(
             codec=self.name,
@@ -299,8 +320,6 @@ class ReferenceCodec(ABC):
             bitstream_path=str(bitstream),
             decoded_path=str(decoded),
         )
-        # Checked even when not loaded: a wrong frame count must fail here, not in the metrics.
-        check_raw_size(decoded, raw.num_frames, raw.width, raw.height)
         if keep_decoded:
             point.decoded = point.load_decoded()
         return point
