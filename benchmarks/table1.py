@@ -1,9 +1,9 @@
 """Table 1 of the paper: BD-metric of each codec minus DiV-INR, per dataset, plus the RD figures.
 
-    python -m benchmarks.table1 --results runs/ --out reports/table1 [--method akima|pchip|cubic]
+    python -m benchmarks.table1 --results runs/ [anchors/ ...] --out reports/table1 [--method akima|pchip|cubic]
         [--anchor divinr] [--fid pooled|mean] [--imported dcvc_fm.csv ...] [--wandb]
 
-Reads every ``results.json`` below ``--results`` (and imported points of codecs that cannot run
+Reads every ``results.json`` below the ``--results`` folders (and imported points of codecs that cannot run
 here), and writes ``table1.md``, ``table1.csv``, ``table1.tex``, ``table1_per_sequence.csv`` and
 ``figures/rd_<dataset>.{png,pdf}`` into ``--out``; the Markdown table is also printed.
 
@@ -463,7 +463,7 @@ def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path, fid_s
 
 
 def run_table1(
-    results_dir: str | Path,
+    results_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     *,
     anchor: str = ANCHOR_CODEC,
@@ -475,7 +475,8 @@ def run_table1(
     """Load results, compute Table 1, write the tables and figures (and log to W&B).
 
     Args:
-        results_dir: folder searched recursively for ``results.json``.
+        results_dir: folder (or folders, e.g. a sweep's and the anchors' results roots)
+            searched recursively for ``results.json``.
         out_dir: output folder (created).
         anchor: reference codec.
         method: BD interpolation method.
@@ -487,15 +488,21 @@ def run_table1(
     Returns:
         The table and the written files.
     """
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if not results_dir.is_dir():
-        raise DivinrError(f"results folder {results_dir} does not exist; pass the folder the sweeps wrote to")
-    results = load_results(results_dir)
+    roots = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(r) for r in results_dir]
+    out_dir = Path(out_dir)
+    results: list[RunResult] = []
+    point_stats: FidStats = {}
+    for root in roots:
+        if not root.is_dir():
+            raise DivinrError(f"results folder {root} does not exist; pass the folder the sweeps wrote to")
+        results.extend(load_results(root))
+        point_stats.update(load_point_fid_stats(root))
     for path in imported:
         results.extend(_load_imported(path))
     if not results:
-        raise DivinrError(f"no results.json found below {results_dir}; run the sweeps first or check --results")
-    fid_stats, fallback = _choose_fid(results, load_point_fid_stats(results_dir), fid)
+        where = ", ".join(map(str, roots))
+        raise DivinrError(f"no results.json found below {where}; run the sweeps first or check --results")
+    fid_stats, fallback = _choose_fid(results, point_stats, fid)
     table = compute_table1(results, anchor=anchor, method=method, fid_stats=fid_stats)
     if fallback:  # only once the table exists: a failed table needs just its error
         warnings.warn(fallback, RDWarning, stacklevel=2)
@@ -531,7 +538,9 @@ def _print_warning(message: Warning | str, category: type[Warning], *_: Any, **_
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry; user errors print one line and return exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.table1", description=__doc__.splitlines()[0])
-    parser.add_argument("--results", required=True, help="folder searched recursively for results.json")
+    parser.add_argument(
+        "--results", required=True, nargs="+", metavar="DIR", help="folders searched recursively for results.json"
+    )
     parser.add_argument("--out", required=True, help="output folder for tables and figures")
     parser.add_argument("--method", default="akima", choices=METHODS, help="BD interpolation (default: akima)")
     parser.add_argument("--anchor", default=ANCHOR_CODEC, help="codec every cell is relative to (default: divinr)")

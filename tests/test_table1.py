@@ -122,6 +122,18 @@ def test_no_overlap_gives_nan_with_a_located_warning() -> None:
     assert "| x265 | n/a |" in to_markdown(table)
 
 
+def test_results_from_several_roots_make_the_same_table(tmp_path: Path) -> None:
+    """A sweep's root and the anchors' root given together equal one root holding both."""
+    results = _results()
+    together, _ = run_table1(_write_results(tmp_path / "one", results), tmp_path / "out1")
+    sweep = _write_results(tmp_path / "sweep", [r for r in results if r.codec == "divinr"])
+    anchors = _write_results(tmp_path / "anchors", [r for r in results if r.codec != "divinr"])
+    split, _ = run_table1([sweep, anchors], tmp_path / "out2")
+    assert split.cells == together.cells and split.codecs == together.codecs
+    with pytest.raises(DivinrError, match="missing-root does not exist"):
+        run_table1([sweep, tmp_path / "missing-root"], tmp_path / "out3")
+
+
 def test_bad_inputs_raise() -> None:
     with pytest.raises(DivinrError, match="anchor codec 'nope'"):
         compute_table1(_results(), anchor="nope")
