@@ -47,7 +47,7 @@ from divinr.models.nola import NOLAConfig, eject_nola, nola_layers, nola_state_d
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
 from divinr.training.losses import LossConfig
 from divinr.training.module import DiVINRModule
-from divinr.training.resume import epoch_checkpoint, resume_path
+from divinr.training.resume import epoch_checkpoint, prepare_workdir, resume_path, settings_digest
 from divinr.training.stages import Phase, paper_phases, total_epochs
 
 
@@ -251,7 +251,8 @@ def train_codec(
 ) -> tuple[DiVINRModule, StreamHeader, list[dict[str, float]]]:
     """Train INR + NOLA on ``video``; return the module, its complete stream header and the history.
 
-    With ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if present.
+    With ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if one of
+    the same settings and frames is present.
     """
     header = plan_header(video, config)
     workdir = Path(workdir) if workdir is not None else None
@@ -264,6 +265,12 @@ def train_codec(
         gradient_checkpointing=config.gradient_checkpointing,
     )
     fingerprint = backbone_fingerprint(backbone)
+    if workdir is not None:
+        settings = {
+            "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
+            "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay, "gop_size": config.gop_size,
+        }
+        prepare_workdir(workdir, settings_digest(settings, video.frames))
     gops = split_gops(video.frames, config.gop_size)
     latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
     L.seed_everything(config.seed, workers=True, verbose=False)

@@ -10,7 +10,6 @@ nothing but the bitstream, exactly like the external anchors.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ from divinr.inference.sampler import SamplerConfig
 from divinr.models.nola import NOLAConfig
 from divinr.results import atomic_write_bytes
 from divinr.training.hinerv import HINERV_PRESETS, SEQUENCE_PRESETS, hinerv_config, train_hinerv
+from divinr.training.resume import clear_workdir
 from divinr.training.stages import paper_phases
 
 # HiNeRV's own short schedule (300 dense + 60 prune + 30 QAT epochs).
@@ -66,7 +66,8 @@ def encode_file(
     """Train the pixel INR on an rgb24 file and write its bitstream.
 
     With ``workdir`` training checkpoints every epoch there and resumes from it when run
-    again after an interruption; the folder is removed once the bitstream is written.
+    again with the same settings after an interruption; the checkpoints are removed once the
+    bitstream is written (other files in the folder are left alone).
     """
     frames = read_raw_rgb(raw.path, raw.num_frames, raw.width, raw.height)
     config = hinerv_config(preset, (raw.height, raw.width), raw.num_frames)
@@ -83,7 +84,7 @@ def encode_file(
     )
     atomic_write_bytes(out, pack(pixel_inr_header(raw, fps, config), inr.state_dict(), {}))
     if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
+        clear_workdir(workdir)
 
 
 def decode_file(bitstream: Path, out: Path) -> None:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--epochs", default=",".join(map(str, HINERV_EPOCHS)))
     enc.add_argument("--device", default="auto")
     enc.add_argument("--seed", type=int, default=0)
-    enc.add_argument("--workdir", type=Path, default=None, help="checkpoint here and resume from it")
+    enc.add_argument("--workdir", type=Path, default=None, help="checkpoint here and resume from it; the checkpoints are removed when done")
     dec = sub.add_parser("decode")
     dec.add_argument("bitstream", type=Path)
     dec.add_argument("out", type=Path)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 from divinr.models.inr import INRConfig, LatentINR, parameter_owners
-from divinr.training.resume import epoch_checkpoint, resume_path
+from divinr.training.resume import epoch_checkpoint, prepare_workdir, resume_path, settings_digest
 from divinr.training.stages import Phase, StageCallback, phase_at, total_epochs
 
 HINERV_REFERENCE_FRAMES = 600
@@ -58,7 +58,7 @@ _MIN_BASE_SIDE = 4
 
 HINERV_PRESETS: dict[str, INRConfig] = {
     # Parameters at 1024x576 for 25 / 150 / 600 frames (grids scaled by frames / 600):
-    # 4xs 9K / 24K / 68K, 3xs 26K / 57K / 155K,
+    # 4xs 9K / 22K / 68K, 3xs 26K / 53K / 155K,
     # xxs 54K / 105K / 289K, xs 131K / 230K / 578K, s 376K / 582K / 1.32M, m 968K / 1.33M / 2.61M.
     # At ~5 bits per coded parameter: 600 frames 0.004 / 0.008 / 0.019 / 0.037 bpp for xxs..m,
     # 150 frames 0.006 / 0.013 / 0.033 / 0.075 bpp. 4xs and 3xs put short or small clips
@@ -91,7 +91,8 @@ HINERV_PRESETS: dict[str, INRConfig] = {
 }
 
 SEQUENCE_PRESETS = ("xxs", "xs", "s", "m")
-"""The presets that span 0.005-0.05 bpp on full 1024x576 benchmark sequences (the default sweep)."""
+"""The default sweep: about 0.004-0.04 bpp on 600-frame 1024x576 sequences, 0.006-0.075 on 150 frames
+(estimates from parameter counts; the measured rate is the bitstream's size)."""
 
 
 def hinerv_config(preset: str, frame_size: tuple[int, int], num_frames: int) -> INRConfig:
@@ -385,8 +386,9 @@ def train_hinerv(
         logger: a Lightning logger; None logs nothing.
         max_time: Lightning's wall-clock limit (e.g. "00:12:00:00"); training stops early.
         enable_progress_bar: show Lightning's progress bar.
-        workdir: where per-epoch checkpoints go; a run finding ``last.ckpt`` there resumes
-            from it. Checkpointing is off without it.
+        workdir: where per-epoch checkpoints go; a run finding ``last.ckpt`` of the same
+            settings and frames there resumes from it (checkpoints of other settings are
+            discarded). Checkpointing is off without it.
         callbacks: extra Lightning callbacks.
 
     Returns:
@@ -403,6 +405,9 @@ def train_hinerv(
     module = HiNeRVModule(LatentINR(config, tuple(frames.shape[-2:])), phases)
     loader = DataLoader(dataset, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(seed))
     workdir = Path(workdir) if workdir is not None else None
+    if workdir is not None:
+        settings = {"config": config, "phases": phases, "clip_len": clip_len, "seed": seed}
+        prepare_workdir(workdir, settings_digest(settings, frames))
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
