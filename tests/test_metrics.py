@@ -100,11 +100,16 @@ def test_identical_frames_score_as_one_level_of_error_in_one_sample():
     height, width = levels.shape[-2:]
     exact_rgb = 10 * np.log10(255.0**2 * 3 * height * width)
     np.testing.assert_allclose(F.psnr_rgb(ref, ref).numpy(), [exact_rgb] * 2, rtol=1e-12)
-    np.testing.assert_allclose(F.psnr_y(ref, ref).numpy(), [10 * np.log10(255.0**2 * height * width)] * 2, rtol=1e-12)
-    one_off = levels.copy()
-    one_off[0, 1, 5, 7] += 1 if one_off[0, 1, 5, 7] < 255 else -1  # the smallest possible RGB error
-    lossy = F.psnr_rgb(torch.from_numpy(one_off / 255), ref)
-    assert lossy[0] == pytest.approx(exact_rgb, rel=1e-12) and lossy[1] == pytest.approx(exact_rgb, rel=1e-12)
+    exact_y = 10 * np.log10(255.0**2 * height * width / 0.0722**2)
+    np.testing.assert_allclose(F.psnr_y(ref, ref).numpy(), [exact_y] * 2, rtol=1e-12)
+    for channel in range(3):  # one level off in one sample: never above the exact frame
+        one_off = levels.copy()
+        one_off[0, channel, 5, 7] += 1 if one_off[0, channel, 5, 7] < 255 else -1
+        off = torch.from_numpy(one_off / 255)
+        assert F.psnr_rgb(off, ref)[0] == pytest.approx(exact_rgb, rel=1e-12)
+        assert F.psnr_y(off, ref)[0] <= exact_y + 1e-9
+    assert F.psnr_y(off, ref)[0] == pytest.approx(exact_y, rel=1e-12)  # blue: the smallest luma step
+    assert F.psnr_rgb(ref[:0], ref[:0]).shape == (0,)  # no frames: no scores, no error
     # The mean over a sequence with one exact frame stays finite.
     noisy = _noisy(ref, 0.05)
     mixed = torch.stack([ref[0], noisy[1]])

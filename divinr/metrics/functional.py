@@ -43,16 +43,15 @@ def to_unit_range(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return (to_8bit_levels(frames) / 255.0).to(dtype)
 
 
-def _psnr_from_levels(reference: Tensor, decoded: Tensor) -> Tensor:
-    """Per-frame PSNR, peak 255; an identical frame scores as one level of error in one sample.
+def _psnr_from_levels(reference: Tensor, decoded: Tensor, smallest_error: float = 1.0) -> Tensor:
+    """Per-frame PSNR, peak 255; an identical frame scores as ``smallest_error`` in one sample.
 
     PSNR of an exact frame is +inf, which would make the per-sequence mean inf and drop the
-    point from every curve. Such a frame is instead given the MSE of one level of error in
-    one sample: for 8-bit RGB that is the smallest error a frame of that size can carry, so no
-    lossy frame scores above an exact one.
+    point from every curve. Such a frame is instead given the MSE of an error of
+    ``smallest_error`` levels in one sample of the frame.
     """
     mse = (reference - decoded).square().flatten(1).mean(dim=1)
-    floor = 1.0 / reference[0].numel()
+    floor = smallest_error**2 / reference.shape[1:].numel()
     return 10.0 * torch.log10(255.0**2 / torch.where(mse > 0, mse, floor))
 
 
@@ -65,7 +64,8 @@ def psnr_rgb(reference: Tensor, decoded: Tensor) -> Tensor:
 
     Returns:
         ``(N,)`` float64 PSNR in dB; an identical frame gets ``10 log10(255^2 * 3HW)``, the
-        score of one level of error in one sample.
+        score of one level of error in one sample, the smallest error an 8-bit frame can have:
+        no lossy frame scores above an exact one.
 
     Example:
         >>> ref = torch.zeros(1, 3, 2, 2)
@@ -93,10 +93,13 @@ def psnr_y(reference: Tensor, decoded: Tensor) -> Tensor:
         decoded: ``(N, 3, H, W)`` reconstructed frames.
 
     Returns:
-        ``(N,)`` float64 PSNR in dB; an identical frame gets ``10 log10(255^2 * HW)``, the score
-        of one level of luma error in one pixel.
+        ``(N,)`` float64 PSNR in dB; an identical frame gets ``10 log10(255^2 HW / KB^2)``, the
+        score of one level of error in the blue channel of one pixel, the smallest luma error
+        a single-sample change makes. (Unrounded luma lets errors in several channels cancel
+        to less than that, so unlike RGB this is not a strict ceiling.)
     """
-    return _psnr_from_levels(luma_bt709(to_8bit_levels(reference)), luma_bt709(to_8bit_levels(decoded)))
+    ref, dec = luma_bt709(to_8bit_levels(reference)), luma_bt709(to_8bit_levels(decoded))
+    return _psnr_from_levels(ref, dec, smallest_error=min(BT709_LUMA))
 
 
 def ms_ssim(reference: Tensor, decoded: Tensor) -> Tensor:
