@@ -340,6 +340,10 @@ def test_vtm_point_runs_the_apps_and_deletes_its_yuv_files(tmp_path):
     assert point.bits == 4 * 64 * 48 * 3 * 2 * 8  # 10-bit 4:4:4 samples in 16-bit words
     reference = torch.round(frames * 255) / 255
     assert (point.decoded - reference).abs().max() <= 1.5 / 255  # 10-bit YUV round trip
+    broken = _write_script(tmp_path / "BrokenDecoderApp", args + 'cp "$bin" "$out"\nexit 3\n')
+    with pytest.raises(AnchorError, match="BrokenDecoderApp"):
+        VTMCodec(enc, broken, cfg, chroma_format="444").encode_decode(frames, 25.0, {"qp": 37}, tmp_path / "w")
+    assert not list((tmp_path / "w").glob("*.yuv"))  # a failed point leaves no raw YUV behind either
 
 
 def test_vtm_availability(tmp_path):
@@ -421,6 +425,15 @@ def test_imported_unknown_metric_column(tmp_path):
         load_imported_points(bad_json)
     with pytest.raises(AnchorError, match="unsupported file type"):
         load_imported_points(_write(tmp_path, "pts.txt", "x"))
+
+
+def test_imported_points_carry_every_reported_metric() -> None:
+    import dataclasses
+
+    from divinr.anchors.imported import ImportedPoint
+    from divinr.metrics.names import REPORTED_METRICS
+
+    assert set(REPORTED_METRICS) <= {f.name for f in dataclasses.fields(ImportedPoint)}
 
 
 # --- the benchmark size (slow) --------------------------------------------------------------

@@ -239,7 +239,7 @@ class ReferenceCodec(ABC):
         """The command lines that turn ``bitstream`` into the rgb24 file ``decoded``."""
 
     def scratch_files(self, bitstream: Path) -> list[Path]:
-        """Intermediate files of one point (e.g. raw YUV for the VTM apps), deleted once decoded.
+        """Intermediate files of one point (e.g. raw YUV for the VTM apps), deleted once decoded or failed.
 
         At 600 frames of 1024x576 each is about 1 GB, so a sweep must not keep them.
         """
@@ -263,11 +263,16 @@ class ReferenceCodec(ABC):
                 metrics).
         """
         commands = self._decode(raw, bitstream, decoded)
-        seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in commands)
-        for scratch in self.scratch_files(bitstream):
-            scratch.unlink(missing_ok=True)
+        try:
+            seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in commands)
+        finally:
+            self._remove_scratch(bitstream)
         check_raw_size(decoded, raw.num_frames, raw.width, raw.height)
         return seconds, commands
+
+    def _remove_scratch(self, bitstream: Path) -> None:
+        for scratch in self.scratch_files(bitstream):
+            scratch.unlink(missing_ok=True)
 
     def encode_decode(
         self,
@@ -299,8 +304,13 @@ class ReferenceCodec(ABC):
         bitstream = workdir / f"{stem}{self.bitstream_suffix}"
         decoded = workdir / f"{stem}_decoded.rgb"
         encode_cmds = self._encode(raw, fps, param, bitstream)
-        encode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in encode_cmds)
+        try:
+            encode_seconds = sum(run_command(cmd, Path(cmd[0]).name) for cmd in encode_cmds)
+        except BaseException:
+            self._remove_scratch(bitstream)
+            raise
         if not bitstream.is_file() or bitstream.stat().st_size == 0:
+            self._remove_scratch(bitstream)
             # Some encoders exit 0 yet write nothing (libvvenc at some low QPs): not a rate point.
             raise AnchorError(f"{self.name} wrote an empty bitstream for {param}; this rate point is not usable")
         decode_seconds, decode_cmds = self.decode(raw, bitstream, decoded)
