@@ -303,12 +303,35 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path: Path) -> Non
         train_hinerv(frames, config, phases, callbacks=[crash], **common)
     assert crash.seen == [0, 1, 2, 3] and (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
+    other = _StopAt(1)  # another seed is another training: it must not resume this one
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_hinerv(frames, config, phases, callbacks=[other], seed=1, **common)
+    assert other.seen == [0]
+    crash = _StopAt(4)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_hinerv(frames, config, phases, callbacks=[crash], **common)
+    assert crash.seen == [0, 1, 2, 3]  # seed 0 again: seed 1's checkpoint is not resumed either
+
     resumed = _StopAt(None)
     inr, history = train_hinerv(frames, config, phases, callbacks=[resumed], **common)
     assert resumed.seen == [4, 5, 6]  # nothing trained twice
     assert history["stage"] == ["dense"] * 3 + ["prune"] * 2 + ["quant"] * 2 and len(history["loss"]) == 7
     total = sum(w.numel() for _, w in inr.decoder_parameters())
     assert sum(int((w == 0).sum()) for _, w in inr.decoder_parameters()) >= round(0.15 * total)
+
+
+class _Poison(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                next(pl_module.inr.parameters()).view(-1)[0] = float("nan")
+
+
+def test_diverged_training_stops_at_the_end_of_the_epoch() -> None:
+    frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="training diverged in epoch 1"):
+        train_hinerv(frames, hinerv_config("4xs", (32, 32), 2), paper_phases(3, 0, 0), accelerator="cpu",
+                     enable_progress_bar=False, callbacks=[_Poison()])
 
 
 def test_train_hinerv_rejects_a_latent_head() -> None:

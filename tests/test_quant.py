@@ -88,6 +88,8 @@ def test_device_side_fake_quantize_is_bit_exact_with_the_bitstream_path(bits: in
         torch.full((7,), 3.0),
         torch.zeros(9),
         torch.tensor([-1.0, 0.0, 1.0, 0.5 / 31]),  # values on rounding boundaries
+        torch.tensor([-1e-37, 0.0, -3e-38]),  # range / levels below float32 tiny: the clamp
+        torch.tensor([1e-44, 0.0]),  # a denormal range
     ]
     for w in cases:
         w = w.to(dtype)

@@ -161,8 +161,10 @@ def _device_quant_params(w: Tensor, levels: int) -> tuple[Tensor, Tensor]:
 def fake_quantize(w: Tensor, bits: int = 6) -> Tensor:
     """Quantise and dequantise ``w`` with a straight-through gradient.
 
-    Bit-for-bit ``dequantize(quantize(w, quant_params(w)))``, computed on ``w``'s device
-    without a host synchronisation (see :func:`_device_quant_params`).
+    Bit-for-bit ``dequantize(quantize(w, quant_params(w)))`` for finite ``w``, computed on
+    ``w``'s device without a host synchronisation (see :func:`_device_quant_params`). A
+    non-finite ``w`` gives NaN instead of raising; the training loop checks for divergence once
+    per epoch and :func:`quant_params` refuses such a tensor when the bitstream is written.
 
     Args:
         w: Weights (gradients flow to them unchanged).

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
+import torch
 
 from divinr.compression.prune import PruningMasks
 from divinr.compression.quant import enable_quant_noise
@@ -153,6 +154,19 @@ class StageCallback(L.Callback):
         # AdamW's decoupled weight decay and momentum would move pruned weights: re-zero after every step.
         if self.masks is not None:
             self.masks.apply()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop a diverged training now rather than when the bitstream is packed, hours later.
+
+        The per-step quantiser no longer checks for non-finite weights (it never reads back to
+        the host); one read per epoch does.
+        """
+        trainable = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+        if trainable and not bool(torch.stack([p.isfinite().all() for p in trainable]).all()):
+            raise RuntimeError(
+                f"training diverged in epoch {trainer.current_epoch} (non-finite weights); "
+                "lower the learning rates of the schedule and run the point again"
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._quant_noise is not None:
