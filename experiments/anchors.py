@@ -22,7 +22,6 @@ the same frames, loaded the same way, as DiV-INR's.
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -46,11 +45,11 @@ from experiments.run import (
     load_frames,
     metrics_to_rescore,
     point_name,
+    report_failure,
     rescore_result,
     score_fields,
+    store_rescored,
 )
-
-log = logging.getLogger(__name__)
 
 #: Constructor arguments that list a codec's rate points: changing them adds or drops points
 #: but changes no finished one, so they are left out of the settings a re-run is checked against.
@@ -279,18 +278,18 @@ def _run_points(
         setup_error: Exception | None = None
     except Exception as exc:  # noqa: BLE001 - recorded on every point, like a failure inside one
         setup_error = exc
-        _report(exc, folder)
+        report_failure(exc, folder)
     for param, i in rescore:
         run_dir = folder / rate_point_name(param)
         stored = results[i]
         if setup_error is None and stored is not None:
+            missing = metrics_to_rescore(cfg, stored)
             try:
-                missing = metrics_to_rescore(cfg, stored)
-                results[i] = _rescore_anchor_point(codec, raw, stored, run_dir, video.frames, missing, tmp)
-                write_result(results[i], run_dir)
-                print(f"rescored {', '.join(m for m in missing if results[i].metrics.get(m) is not None) or 'nothing'}")
+                rescored = _rescore_anchor_point(codec, raw, stored, run_dir, video.frames, missing, tmp)
             except Exception as exc:  # noqa: BLE001 - the stored result stays as it was
-                _report(exc, run_dir)
+                report_failure(exc, run_dir)
+            else:
+                results[i] = store_rescored(stored, rescored, run_dir, missing)
         print(run_dir)
     for param, i in todo:
         run_dir = folder / rate_point_name(param)
@@ -301,18 +300,11 @@ def _run_points(
             try:
                 result = encode_anchor_point(cfg, codec, param, video, raw, evaluator, run_dir, name)
             except Exception as exc:  # noqa: BLE001 - a failed point must not stop the sweep
-                _report(exc, run_dir)
+                report_failure(exc, run_dir)
                 result = _failed(cfg, codec, param, name, exc)
         write_result(result, run_dir)
         results[i] = result
         print(run_dir)
-
-
-def _report(exc: BaseException, where: Path) -> None:
-    if isinstance(exc, DivinrError):
-        print(f"error: {exc}", file=sys.stderr)
-    else:
-        log.error("%s failed", where, exc_info=exc)
 
 
 def exit_status(results: list[RunResult | None] | None) -> int:

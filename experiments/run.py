@@ -306,6 +306,24 @@ def rescore_result(
     )
 
 
+def store_rescored(stored: RunResult, rescored: RunResult, run_dir: Path, metrics: list[str]) -> RunResult:
+    """Write a re-scored result if it gained a metric, print what was added; the result in effect."""
+    added = [m for m in metrics if rescored.metrics.get(m) is not None]
+    print(f"rescored {', '.join(added) or 'nothing'}")
+    if not added:
+        return stored
+    write_result(rescored, run_dir)
+    return rescored
+
+
+def report_failure(exc: BaseException, where: Path) -> None:
+    """One line for a user error, a logged traceback for anything else."""
+    if isinstance(exc, DivinrError):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        log.error("%s failed", where, exc_info=exc)
+
+
 def _rescore_point(cfg: DictConfig, run_dir: Path, stored: RunResult, metrics: list[str]) -> RunResult:
     """Score a finished DiV-INR point again from its lossless decoded file."""
     decoded_file = run_dir / (stored.decoded or DECODED_NAME)
@@ -424,13 +442,11 @@ def run(cfg: DictConfig) -> RunResult | None:
         missing = metrics_to_rescore(cfg, stored) if cfg.rescore else []
         if missing:
             try:
-                stored = _rescore_point(cfg, run_dir, stored, missing)
-            except DivinrError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                print(run_dir)
-                return None
-            write_result(stored, run_dir)
-            print(f"rescored {', '.join(m for m in missing if stored.metrics.get(m) is not None) or 'nothing'}")
+                rescored = _rescore_point(cfg, run_dir, stored, missing)
+            except Exception as exc:  # noqa: BLE001 - the stored result stays valid; the sweep goes on
+                report_failure(exc, run_dir)
+            else:
+                stored = store_rescored(stored, rescored, run_dir, missing)
         else:
             print("skip")
         print(run_dir)
@@ -443,10 +459,7 @@ def run(cfg: DictConfig) -> RunResult | None:
         result = encode_point(cfg, run_dir, dataset, sequence)
         failed = False
     except Exception as exc:  # noqa: BLE001 - a failed point must not stop the sweep
-        if isinstance(exc, DivinrError):
-            print(f"error: {exc}", file=sys.stderr)
-        else:
-            log.exception("point %s failed", run_dir)
+        report_failure(exc, run_dir)
         result = RunResult(
             codec=cfg.codec, label=cfg.label or default_label(cfg), dataset=dataset, sequence=sequence,
             rate_point=cfg.rate_point, backbone=cfg.backbone.preset, git_commit=git_commit(),

@@ -187,6 +187,7 @@ def test_rescore_decodes_the_stream_again_for_missing_metrics(
     folder = x265_run["folder"]
     common = [o for o in x265_run["common"] if not o.startswith("metrics=")]
     before = {p: read_result(folder / p / "results.json") for p in ("qp45", "qp37")}
+    entries = sorted(p.name for p in folder.iterdir())
     capsys.readouterr()
     results = run_anchor(compose_cfg(*common, "metrics=[psnr,psnr_y,lpips]", "rescore=true"))
     assert last_lines(capsys, 4) == ["rescored lpips", str(folder / "qp45"), "rescored lpips", str(folder / "qp37")]
@@ -198,7 +199,10 @@ def test_rescore_decodes_the_stream_again_for_missing_metrics(
         kept = np.fromfile(folder / point / old.decoded, dtype=np.uint8).reshape(FRAMES, HEIGHT, WIDTH, 3)
         decoded = torch.from_numpy(kept).permute(0, 3, 1, 2)
         assert new.metrics["lpips"] == pytest.approx(float(metric(reference, decoded).double().mean()), rel=1e-5)
-    assert sorted(p.name for p in folder.iterdir()) == ["qp37", "qp41", "qp45"]  # no scratch left behind
+    assert sorted(p.name for p in folder.iterdir()) == entries  # no scratch input or decode left behind
+    capsys.readouterr()
+    again = run_anchor(compose_cfg(*common, "metrics=[psnr,psnr_y,lpips]", "rescore=true"))
+    assert again == results and last_lines(capsys, 4) == ["skip", str(folder / "qp45"), "skip", str(folder / "qp37")]
 
 
 @needs_x265
