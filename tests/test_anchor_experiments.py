@@ -150,7 +150,7 @@ def test_x265_points_record_their_stream_size_and_commands(x265_run: dict) -> No
 def test_recorded_psnr_matches_numpy_on_the_decoded_file(x265_run: dict) -> None:
     """PSNR (RGB and BT.709 Y) recomputed from the decoded rgb24 file and the clip DiV-INR would code."""
     reference = load_clip(sample_clip_path("bikes"), width=WIDTH, height=HEIGHT, max_frames=FRAMES).frames.numpy()
-    ref = np.round(reference.transpose(0, 2, 3, 1) * 255)
+    ref = np.round(reference.astype(np.float64).transpose(0, 2, 3, 1) * 255)
     for qp in (45, 37):
         result = read_result(x265_run["folder"] / f"qp{qp}" / "results.json")
         raw = np.fromfile(x265_run["folder"] / f"qp{qp}" / result.decoded, dtype=np.uint8)

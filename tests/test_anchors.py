@@ -25,7 +25,7 @@ from divinr.anchors import (
     read_raw_rgb,
     write_raw_rgb,
 )
-from divinr.anchors.base import check_raw_size
+from divinr.anchors.base import check_raw_size, read_raw_rgb_levels
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
 
 FPS = 25.0
@@ -58,8 +58,8 @@ def load_bikes(num_frames: int, width: int, height: int) -> torch.Tensor:
 
 def psnr_8bit(decoded: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean over frames of per-frame PSNR on 8-bit RGB, computed with numpy only."""
-    a = np.round(decoded.numpy() * 255.0).astype(np.float64)
-    b = np.round(reference.numpy() * 255.0).astype(np.float64)
+    a = np.round(decoded.numpy().astype(np.float64) * 255.0)
+    b = np.round(reference.numpy().astype(np.float64) * 255.0)
     mse = ((a - b) ** 2).reshape(a.shape[0], -1).mean(axis=1)
     return float(np.mean(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-12))))
 
@@ -119,14 +119,22 @@ def sweep(request, raw, tmp_path_factory):
 # --- shared raw input ---------------------------------------------------------------------
 
 
-def test_raw_file_is_the_8bit_quantisation(tmp_path):
+def test_raw_file_is_the_8bit_quantisation_the_metrics_use(tmp_path):
     frames = torch.rand(3, 3, 6, 10)
+    # float32 samples whose v * 255 rounds differently in float32 and float64 (near x.5 levels)
+    frames[0, 0, 0, :3] = torch.tensor([0.6098039150238037, 0.8686274290084839, 0.7666666507720947])
     raw = write_raw_rgb(frames, tmp_path / "x.rgb")
-    expected = np.round(frames.numpy() * 255.0).astype(np.uint8).transpose(0, 2, 3, 1).tobytes()
-    assert raw.path.read_bytes() == expected
+    levels = np.round(frames.numpy().astype(np.float64) * 255.0)
+    assert levels[0, 0, 0, :3].tolist() == [155.0, 221.0, 195.0]
+    assert raw.path.read_bytes() == levels.astype(np.uint8).transpose(0, 2, 3, 1).tobytes()
     assert (raw.num_frames, raw.width, raw.height, raw.num_pixels) == (3, 10, 6, 180)
     back = read_raw_rgb(raw.path, 3, 10, 6)
-    assert torch.equal(back, torch.from_numpy(np.round(frames.numpy() * 255.0) / 255.0).float())
+    assert torch.equal(back, torch.from_numpy(levels / 255.0).float())
+    # The metrics score exactly these samples: an anchor that returns its input is exact.
+    from divinr.metrics.functional import psnr_rgb, to_8bit_levels
+
+    assert torch.equal(to_8bit_levels(frames), torch.from_numpy(levels))
+    assert torch.equal(psnr_rgb(frames, read_raw_rgb_levels(raw.path, 3, 10, 6)), psnr_rgb(frames, frames))
 
 
 @pytest.mark.parametrize("frames", [torch.rand(2, 4, 8, 8), torch.rand(3, 8, 8), torch.full((1, 3, 8, 8), 1.5)])

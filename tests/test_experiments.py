@@ -202,7 +202,7 @@ def test_recorded_psnr_matches_the_decoded_file(sweep: dict) -> None:
     result = read_result(point_dir(cfg) / "results.json")
     decoded = read_video(point_dir(cfg) / "decoded.mp4").frames.numpy()
     original = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5).frames.numpy()
-    ref, dec = np.round(original * 255), np.round(decoded * 255)
+    ref, dec = np.round(original.astype(np.float64) * 255), np.round(decoded.astype(np.float64) * 255)
     mse = ((ref - dec) ** 2).reshape(5, -1).mean(axis=1)
     assert result.metrics["psnr"] == pytest.approx(float(np.mean(10 * np.log10(255**2 / mse))), abs=1e-3)
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from divinr.data.video import rgb_levels
 from divinr.errors import BitstreamError, DivinrError, VideoFormatError
 
 
@@ -82,7 +83,7 @@ def write_raw_rgb(frames: torch.Tensor, path: Path) -> RawVideo:
             f"frame values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; clamp or rescale them"
         )
     t, _, h, w = frames.shape
-    pixels = (frames.detach().cpu().float() * 255.0).round().to(torch.uint8)
+    pixels = rgb_levels(frames.detach().cpu()).to(torch.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels.permute(0, 2, 3, 1).contiguous().numpy().tofile(path)

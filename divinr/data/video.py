@@ -40,6 +40,17 @@ WRITE_SUFFIXES = (".y4m", ".yuv", *CONTAINER_SUFFIXES)
 X264_PRESET = "slow"
 
 
+def rgb_levels(frames: torch.Tensor, peak: int = 255) -> torch.Tensor:
+    """RGB in [0, 1] (clamped) as integer levels ``0..peak`` in float64, rounded half to even.
+
+    The one quantiser of float frames to stored samples: the rgb24 input of the reference
+    codecs, the lossless RGB files and the fidelity metrics all use it, so a codec is scored
+    against exactly the samples it was given. Float64 matters: ``v * 255`` in float32 can land
+    on the other side of a ``.5`` boundary for a few samples per frame.
+    """
+    return torch.round(frames.detach().to(torch.float64).clamp(0.0, 1.0) * peak)
+
+
 @dataclass
 class Video:
     """Decoded frames with their frame rate.
@@ -669,7 +680,7 @@ def _write_container(
                     _plane_array(plane, dtype)[...] = values[0]
                 frame.color_range = range_code
             else:
-                values = (rgb[0] * peak).round().permute(1, 2, 0).numpy().astype(dtype)
+                values = rgb_levels(rgb[0], peak).permute(1, 2, 0).numpy().astype(dtype)
                 frame = av.VideoFrame.from_ndarray(values, format=plan.frame_format)
             frame.pts = i
             frame.time_base = 1 / rate

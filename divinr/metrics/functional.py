@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from divinr.data.video import KB, KG, KR
+from divinr.data.video import KB, KG, KR, rgb_levels
 
 #: BT.709 luma weights (R, G, B): the HD matrix the data pipeline uses for YUV <-> RGB.
 BT709_LUMA = (KR, KG, KB)
@@ -35,7 +35,7 @@ def to_8bit_levels(frames: Tensor) -> Tensor:
     """
     if frames.dtype == torch.uint8:
         return frames.to(torch.float64)
-    return torch.round(frames.to(torch.float64).clamp(0.0, 1.0) * 255.0)
+    return rgb_levels(frames)
 
 
 def to_unit_range(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
