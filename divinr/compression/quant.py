@@ -61,14 +61,6 @@ def _check_rho(rho: float) -> None:
         raise PresetError(f"quant-noise rate rho must be in [0, 1], got {rho}; fix the compression config")
 
 
-def _float32_at_least(x: float) -> float:
-    """Round ``x`` to float32, upwards, so ``levels * scale`` still covers the range."""
-    f = np.float32(x)
-    if float(f) < x:
-        f = np.nextafter(f, np.float32(np.inf))
-    return float(f)
-
-
 def quant_params(w: Tensor, bits: int = 6) -> QuantParams:
     """Choose scale and zero point for ``w`` from its min/max, with 0 inside the range.
 
@@ -81,19 +73,13 @@ def quant_params(w: Tensor, bits: int = 6) -> QuantParams:
         quantises and dequantises exactly.
     """
     _check_bits(bits)
-    levels = (1 << bits) - 1
     if w.numel() == 0:
         return QuantParams(scale=1.0, zero_point=0, bits=bits)
     w = w.detach()
-    lo = min(float(w.min()), 0.0)
-    hi = max(float(w.max()), 0.0)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    if not bool(torch.isfinite(w.min()) & torch.isfinite(w.max())):
         raise ValueError("cannot quantise a tensor with non-finite values (training diverged?)")
-    if hi == lo:  # all zeros: any positive scale represents the tensor exactly
-        return QuantParams(scale=1.0, zero_point=0, bits=bits)
-    scale = max(_float32_at_least((hi - lo) / levels), _FLOAT32_TINY)
-    zero_point = min(max(round(-lo / scale), 0), levels)
-    return QuantParams(scale=scale, zero_point=int(zero_point), bits=bits)
+    scale, zero_point = _device_quant_params(w, (1 << bits) - 1)
+    return QuantParams(scale=float(scale), zero_point=int(zero_point), bits=bits)
 
 
 def quantize(w: Tensor, params: QuantParams) -> Tensor:
@@ -138,12 +124,13 @@ def _straight_through(w: Tensor, value: Tensor) -> Tensor:
 
 
 def _device_quant_params(w: Tensor, levels: int) -> tuple[Tensor, Tensor]:
-    """:func:`quant_params` as 0-d tensors on ``w``'s device: (float32 scale, zero point).
+    """Scale and zero point as 0-d tensors on ``w``'s device: (float32 scale, zero point).
 
-    The same arithmetic as the host version (range in float64, scale rounded up to float32,
-    zero point rounded half to even), so the values are identical, but nothing is read back
-    to the host: Quant-Noise runs in every NOLA layer of the DiT's forward pass, and a host
-    read per tensor would stall the GPU queue once per layer.
+    The range is taken in float64 and the scale rounded up to float32 (so ``levels * scale``
+    still covers it); the zero point is rounded half to even. Training calls this directly:
+    nothing is read back to the host, because Quant-Noise runs in every NOLA layer of the
+    DiT's forward pass and a host read per tensor would stall the GPU queue once per layer.
+    :func:`quant_params` reads the two values back for the bitstream.
     """
     w = w.detach()
     lo = w.min().double().clamp(max=0.0)
