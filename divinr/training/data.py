@@ -33,7 +33,7 @@ def encode_gops(
             raise ValueError("a latent cache needs the backbone fingerprint as part of its key")
         digest = hashlib.sha256(fingerprint)
         for gop in gops:
-            digest.update(gop.frames.numpy().tobytes())
+            digest.update(gop.frames.contiguous().numpy())
         path = Path(cache_dir) / f"latents-{digest.hexdigest()[:20]}.pt"
         if path.exists():
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -28,7 +28,7 @@ def settings_digest(settings: dict[str, Any], frames: torch.Tensor) -> str:
     """SHA-256 of a training's settings (JSON; dataclasses and enums by their repr) and its frames."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=repr).encode())
     digest.update(str((tuple(frames.shape), frames.dtype)).encode())
-    digest.update(frames.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(frames.detach().cpu().contiguous().numpy())  # hashed in place: no copy of a long video
     return digest.hexdigest()
 
 
