@@ -80,6 +80,25 @@ _WAN21_VAE: dict[str, Any] = {
     "latents_std": list(WAN21_LATENTS_STD),
 }
 
+# The architecture of the ``mini`` preset. Its latent statistics are computed by the pretraining
+# script and live in the shipped VAE config; these placeholders only serve fresh instantiation.
+MINI_TRANSFORMER: dict[str, Any] = {
+    **_WAN21_1_3B_TRANSFORMER,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "text_dim": 32,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 4,
+}
+MINI_VAE: dict[str, Any] = {
+    **_WAN21_VAE,
+    "base_dim": 16,
+    "num_res_blocks": 1,
+    "latents_mean": [0.0] * LATENT_CHANNELS,
+    "latents_std": [1.0] * LATENT_CHANNELS,
+}
+
 
 @dataclass(frozen=True)
 class BackbonePreset:
@@ -93,6 +112,8 @@ class BackbonePreset:
         vae_config: ``AutoencoderKLWan`` constructor arguments.
         source_in_channels: Input channels of the checkpoint's DiT (36 for Fun-InP, 16 for
             T2V); the loaded model is always widened to 36.
+        bundled: Folder (relative to this module) of a diffusers-format checkpoint that ships
+            with the package (``mini``); loaded like any local checkpoint, never downloaded.
     """
 
     name: str
@@ -100,6 +121,11 @@ class BackbonePreset:
     transformer_config: dict = field(hash=False)
     vae_config: dict = field(hash=False)
     source_in_channels: int
+    bundled: str | None = None
+
+    def bundled_path(self) -> Path | None:
+        """The diffusers-format folder shipped inside the package, for presets that have one."""
+        return None if self.bundled is None else Path(__file__).parent / self.bundled
 
 
 BACKBONE_PRESETS: dict[str, BackbonePreset] = {
@@ -119,6 +145,17 @@ BACKBONE_PRESETS: dict[str, BackbonePreset] = {
         transformer_config={**_WAN21_1_3B_TRANSFORMER, "in_channels": LATENT_CHANNELS},
         vae_config=_WAN21_VAE,
         source_in_channels=LATENT_CHANNELS,
+    ),
+    # A miniature Wan (1.2M-parameter DiT, 2.6M-parameter VAE) pretrained by this project on real
+    # clips (divinr.pretraining.mini) and shipped in the package: the CPU backbone whose quality
+    # means something. Same classes, 4x8x8 compression, 16 latent channels and NOLA target names.
+    "mini": BackbonePreset(
+        name="mini",
+        repo_id=None,
+        transformer_config=MINI_TRANSFORMER,
+        vae_config=MINI_VAE,
+        source_in_channels=MODEL_IN_CHANNELS,
+        bundled="mini",
     ),
     # Random weights from a fixed seed, for tests and smoke runs on CPU.
     "tiny": BackbonePreset(
@@ -492,7 +529,8 @@ def load_backbone(
     """Load (or, for ``tiny``, build) the frozen backbone.
 
     Weights come from ``path`` (a local diffusers-format folder with ``transformer/`` and
-    ``vae/``, or another Hub id) or else the preset's ``repo_id``. For the paper's
+    ``vae/``, or another Hub id), else the folder a preset ships in the package (``mini``),
+    else the preset's ``repo_id``. For the paper's
     ``wan2.1-fun-1.3b-inp`` the default id is in VideoX-Fun format, so pass a diffusers-format
     conversion through ``path``. ``tiny`` without ``path`` is built from its config under
     :data:`TINY_SEED`, bit-identical in every process and leaving the global RNG untouched.
@@ -519,6 +557,14 @@ def load_backbone(
         MissingWeightsError: Weights not found locally and not downloadable.
     """
     spec = get_preset(preset)
+    bundled = spec.bundled_path()
+    if path is None and bundled is not None:
+        if not (bundled / "transformer" / "config.json").is_file() or not (bundled / "vae" / "config.json").is_file():
+            raise MissingWeightsError(
+                f"the {spec.name!r} weights are missing from {bundled} (a damaged install?): reinstall divinr, "
+                f"or rebuild them with `python -m divinr.pretraining.mini --install`"
+            )
+        path, local_files_only = bundled, True
     source = str(path) if path is not None else spec.repo_id
     if source is None:
         with torch.random.fork_rng(devices=[]):
