@@ -1,0 +1,1 @@
+"""Pretraining of the project's own small backbones (the shipped ``mini`` Wan)."""
