@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import torch
+
 from divinr.atomic import atomic_path
 from divinr.data.datasets import DATASETS, dataset_key, dataset_title
 from divinr.errors import DivinrError, unknown_choice
@@ -459,3 +461,48 @@ def log_rd_to_wandb(
         warnings.warn(f"W&B logging failed ({type(exc).__name__}: {exc}); results files are unaffected", RDWarning)
         return False
     return True
+
+
+def plot_comparison(
+    reference: torch.Tensor, decoded: torch.Tensor, path: str | Path, count: int = 3, gain: float = 4.0
+) -> Path:
+    """Write a picture a person can judge: original, decoded and error image of ``count`` frames.
+
+    Frames are picked evenly over the clip. The error image is the per-pixel mean absolute RGB
+    error times ``gain`` (so a 1/gain error saturates); each row's title gives the frame's PSNR.
+
+    Args:
+        reference: (T, 3, H, W) original frames in [0, 1].
+        decoded: (T, 3, H, W) decoded frames in [0, 1].
+        path: the PNG to write (atomically).
+        count: frames to show.
+        gain: amplification of the error image.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from divinr.metrics.functional import psnr_rgb
+
+    if reference.shape != decoded.shape or reference.ndim != 4:
+        raise ValueError(f"frames differ in shape: {tuple(reference.shape)} vs {tuple(decoded.shape)}")
+    picks = torch.linspace(0, reference.shape[0] - 1, min(count, reference.shape[0])).round().long().unique()
+    psnr = psnr_rgb(reference[picks], decoded[picks])
+    height, width = reference.shape[2:]
+    figure = Figure(figsize=(3 * width / 100 + 0.6, len(picks) * (height / 100 + 0.5)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(picks), 3, squeeze=False)
+    for row, index, score in zip(axes, picks.tolist(), psnr.tolist()):
+        error = (decoded[index] - reference[index]).abs().mean(0) * gain
+        images = [reference[index].permute(1, 2, 0), decoded[index].permute(1, 2, 0), error.clamp(0, 1)]
+        titles = [f"original, frame {index}", f"decoded, {score:.2f} dB", f"|error| x {gain:g}"]
+        for ax, image, title in zip(row, images, titles):
+            ax.imshow(image.clamp(0, 1).numpy(), cmap="inferno" if image.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+    figure.tight_layout()
+    path = Path(path)
+    _atomic_savefig(figure, path, "png")
+    return path

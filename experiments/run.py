@@ -3,6 +3,7 @@
     cfg --encoder_config/load_frames--> EncoderConfig, Video
         --divinr.codec.compress--> stream.dvr (atomic)
         --decompress(stream.dvr bytes, fresh backbone)--> decoded.mp4, metrics
+        --> compare.png (original / decoded / error of three frames)
         --> fid_stats.npz (atomic; FID statistics for pooled per-dataset FID)
         --> results.json (atomic, last: its presence with status "ok" marks the point done)
 
@@ -50,7 +51,7 @@ from divinr.metrics.perceptual import FID_STATS_NAME, save_fid_stats
 from divinr.models.backbone import get_preset
 from divinr.models.inr import inr_config
 from divinr.models.nola import NOLAConfig
-from divinr.reporting import wandb_mode
+from divinr.reporting import plot_comparison, wandb_mode
 from divinr.results import (
     RESULTS_NAME,
     RunResult,
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 
 STREAM_NAME = "stream.dvr"
 DECODED_NAME = "decoded.mp4"
+COMPARE_NAME = "compare.png"  # original | decoded | error for three frames, for a person to look at
 WORK_NAME = "train"  # checkpoints and the latent cache; removed after success unless keep_workdir
 LOG_NAME = "logs"
 LOGGERS = ("none", "csv", "wandb")
@@ -360,6 +362,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
         warnings.warn(f"{run_dir}: decoded frames differ from the encoder's reconstruction (max |diff| {max_diff:.3g})")
     compressed.reconstruction.frames = torch.empty(0)  # a third full-length float32 copy is not needed any more
     write_video(run_dir / DECODED_NAME, decoded.frames, decoded.fps)
+    plot_comparison(video.frames, decoded.frames, run_dir / COMPARE_NAME)
 
     pixels = video.num_frames * video.width * video.height
     bpp = os.path.getsize(stream) * 8 / pixels

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from divinr import reporting
@@ -15,6 +16,7 @@ from divinr.reporting import (
     WANDB_COLUMNS,
     RDWarning,
     log_rd_to_wandb,
+    plot_comparison,
     plot_rd_curves,
     rd_points,
     sequence_curves,
@@ -175,3 +177,15 @@ def test_codecs_at_different_geometry_cannot_be_compared() -> None:
     results = [_geo_result("divinr", "Beauty", "a", 0.01, 30.0), _geo_result("x265", "Beauty", "q", 0.01, 31.0, frames=600)]
     with pytest.raises(DivinrError, match="same frames"):
         rd_points(results, "psnr")
+
+
+def test_comparison_picture_has_a_row_per_frame(tmp_path: Path) -> None:
+    reference = torch.rand(10, 3, 48, 64)
+    decoded = (reference + 0.05 * torch.randn_like(reference)).clamp(0, 1)
+    three = Image.open(plot_comparison(reference, decoded, tmp_path / "three.png"))
+    one = Image.open(plot_comparison(reference, decoded, tmp_path / "one.png", count=1))
+    assert three.format == one.format == "PNG"
+    assert three.width == one.width and three.height > 2 * one.height
+    assert not list(tmp_path.glob(".*part*"))  # written atomically, no temporary left
+    with pytest.raises(ValueError, match="differ in shape"):
+        plot_comparison(reference, decoded[:5], tmp_path / "bad.png")
