@@ -136,6 +136,28 @@ def reconstruct(
     return Decoded(frames, latents, float(header.fps))
 
 
+@torch.no_grad()
+def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.device | str = "cpu") -> Decoded:
+    """Decode a DiV-INR stream's conditioning ``y`` straight through the VAE, without diffusion.
+
+    The "INR only" reference of the quality benchmark: the same bits, no generative prior and no
+    NOLA (so ``backbone`` need not be fresh). Comparing it with :func:`decode_stream` measures
+    what the diffusion model adds to the INR's own prediction.
+    """
+    header = stream.header
+    if header.kind != CodecKind.DIVINR:
+        raise BitstreamError("only DiV-INR streams carry latent conditioning")
+    inr = build_inr_from_stream(stream).to(device)
+    spans = plan_gops(header.frames, header.gop_size)
+    frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
+    latents = []
+    for span, f in zip(spans, latent_coordinates(spans)):
+        y, _ = dit_conditioning(inr, f.to(device), ones_mask=True)
+        latents.append(y[0].cpu())
+        frames[span.start : span.start + span.num_real] = backbone.decode(y[0])[: span.num_real].cpu()
+    return Decoded(frames, latents, float(header.fps))
+
+
 def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu") -> Decoded:
     """Decode a pixel-space INR stream (the HiNeRV-recipe baseline): evaluate g at every frame."""
     from divinr.training.hinerv import render
