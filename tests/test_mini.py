@@ -180,7 +180,8 @@ def _run(tmp: Path, fail_at: int | None = None) -> tuple[nn.Module, list]:
         return loss, {"loss": float(loss.detach())}
 
     config = PretrainConfig(checkpoint_every=3, warmup=2)
-    log = train_loop("test", model, loss_fn, steps=9, lr=1e-2, config=config, checkpoint=tmp / "ckpt")
+    log, segments = train_loop("test", model, loss_fn, steps=9, lr=1e-2, config=config, checkpoint=tmp / "ckpt")
+    assert segments == [[0, 9]]
     return model, log
 
 

@@ -66,13 +66,13 @@ class PretrainConfig:
     """Settings of both phases (their defaults are the shipped weights' recipe)."""
 
     seed: int = 0
-    vae_steps: int = 1400
+    vae_steps: int = 2000
     vae_batch: int = 4
     vae_frames: int = 9
     vae_crop: int = 64
     vae_lr: float = 8e-4
     kl_weight: float = 1e-5
-    dit_steps: int = 4000
+    dit_steps: int = 3000
     dit_tokens: int = 12288  # latent positions (T' x h x w) per batch; the batch size follows the crop
     dit_lr: float = 6e-4
     window_stride: int = 16
@@ -145,23 +145,29 @@ def train_loop(
     lr: float,
     config: PretrainConfig,
     checkpoint: Path,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[list[int]]]:
     """AdamW with warm-up + cosine, gradient clipping, resumable from ``checkpoint``.
 
+    Resuming with another ``steps`` continues from the checkpoint under the new schedule; the
+    returned segments record it, so the report says exactly how the weights were trained.
+
     Returns:
-        The loss log: one row of means per ``checkpoint_every`` steps.
+        The loss log (one row of means per ``checkpoint_every`` steps) and the schedule
+        segments ``[first step, total steps]``.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     generator = torch.Generator().manual_seed(config.seed + 1)
     torch.manual_seed(config.seed + 2)
-    start, log = 0, []
+    start, log, segments = 0, [], [[0, steps]]
     state = _load_checkpoint(checkpoint)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start, log = int(state["step"]), list(state["log"])
+        start, log, segments = int(state["step"]), list(state["log"]), list(state.get("segments", [[0, steps]]))
+        if segments[-1][1] != steps:
+            segments.append([start, steps])
     window: dict[str, list[float]] = {}
     model.train()
     with tqdm(total=steps, initial=start, desc=name, unit="step", dynamic_ncols=True) as bar:
@@ -185,9 +191,10 @@ def train_loop(
                 _save_checkpoint(
                     checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     generator=generator.get_state(), torch_rng=torch.get_rng_state(), step=step + 1, log=log,
+                    segments=segments,
                 )
     model.eval()
-    return log
+    return log, segments
 
 
 # ---------------------------------------------------------------------------- phase 1: VAE
@@ -342,7 +349,7 @@ def pretrain(out: Path, config: PretrainConfig) -> dict:
         vae = AutoencoderKLWan(**copy.deepcopy(MINI_VAE))
         crop = (config.vae_crop, config.vae_crop)
         started = time.perf_counter()
-        log = train_loop(
+        log, segments = train_loop(
             "vae", vae,
             lambda g: vae_loss(vae, random_clip_batch(train, config.vae_batch, config.vae_frames, crop, g), config.kl_weight),
             steps=config.vae_steps, lr=config.vae_lr, config=config, checkpoint=out / "vae.ckpt",
@@ -366,6 +373,7 @@ def pretrain(out: Path, config: PretrainConfig) -> dict:
             "parameters": sum(p.numel() for p in vae.parameters()),
             "train_seconds": round(train_seconds, 1),
             "latent_cache_seconds": round(latent_seconds, 1),
+            "schedule_segments": segments,
             "log": log,
             "bytes": size,
             "latents_mean": mean,
@@ -381,7 +389,7 @@ def pretrain(out: Path, config: PretrainConfig) -> dict:
         transformer = _new_transformer()
         backbone = Backbone(transformer=transformer, vae=vae, preset=get_preset("mini"))
         started = time.perf_counter()
-        log = train_loop(
+        log, segments = train_loop(
             "dit", transformer,
             lambda g: flow_loss(backbone, random_latent_batch(windows, config.dit_tokens, g), config.mixture, g),
             steps=config.dit_steps, lr=config.dit_lr, config=config, checkpoint=out / "dit.ckpt",
@@ -394,6 +402,7 @@ def pretrain(out: Path, config: PretrainConfig) -> dict:
             "parameters": sum(p.numel() for p in transformer.parameters()),
             "train_windows": len(windows),
             "train_seconds": round(train_seconds, 1),
+            "schedule_segments": segments,
             "log": log,
             "bytes": size,
             "held_out_flow": held_out_flow(shipped, held, config.mixture, config.seed),
