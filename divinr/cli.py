@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encode", help="train INR + NOLA on a video and write the bitstream")
     enc.add_argument("input", help="video file: .yuv (give --input-size), .y4m, or any container PyAV reads")
     enc.add_argument("-o", "--output", required=True, help="bitstream to write (.dvr)")
-    enc.add_argument("--backbone", default="tiny", help="backbone preset (tiny, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b)")
+    enc.add_argument(
+        "--backbone", default="mini", help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests)"
+    )
     enc.add_argument("--backbone-path", help="local diffusers-format weights of the backbone")
     enc.add_argument("--inr-size", default="xxs", help="INR size preset (xxs, xs, s, m, l, xl)")
     enc.add_argument("--epochs", type=_epochs, default=(300, 120, 60), help="DENSE,PRUNE,QUANT epochs (default 300,120,60)")
@@ -123,7 +125,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         gop_size=args.gop,
         seed=args.seed,
         device=args.device,
-        gradient_checkpointing=args.backbone != "tiny" if args.gradient_checkpointing is None else args.gradient_checkpointing,
+        gradient_checkpointing=(
+            args.backbone not in ("tiny", "mini") if args.gradient_checkpointing is None else args.gradient_checkpointing
+        ),
     )
     result = compress(video, config, workdir=args.workdir, bitstream_path=args.output)
     if args.recon:

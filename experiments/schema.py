@@ -25,10 +25,11 @@ class BackboneConf:
     """Arguments of ``divinr.models.backbone.load_backbone``.
 
     ``path`` is a local diffusers-format checkpoint (the paper's Wan2.1-Fun-1.3B-InP must be
-    converted to diffusers format first); None loads the preset's Hugging Face id from the cache.
+    converted to diffusers format first); None loads the folder the preset ships (``mini``) or
+    the preset's Hugging Face id from the cache.
     """
 
-    preset: str = "tiny"
+    preset: str = "mini"
     path: str | None = None
     gradient_checkpointing: bool = False
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -42,7 +43,7 @@ from experiments.run import STREAM_NAME, WORK_NAME, encoder_config, point_dir, r
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml") if not p.stem.startswith("anchors_"))  # anchors: test_anchor_experiments.py
 TINY_RUN = [
-    "+exp=demo", "data.max_frames=5", "training.dense_epochs=2", "training.prune_epochs=1",
+    "+exp=demo", "backbone=tiny", "data.max_frames=5", "training.dense_epochs=2", "training.prune_epochs=1",
     "training.quant_epochs=1", "sampler.steps=2", "progress=false", "print_summary=false",
 ]
 SMALL = [*TINY_RUN, "data.width=64", "data.height=64", "metrics=[psnr,psnr_y]"]
@@ -194,6 +195,7 @@ def test_points_record_the_rate_of_their_bitstream_file(sweep: dict) -> None:
         assert result.config["checks"]["decoder_matches_encoder"] is True
         assert result.config["resolved"]["inr"]["preset"] == preset
         assert not (folder / WORK_NAME).exists()  # checkpoints and latent cache are cleaned up
+        assert Image.open(folder / "compare.png").format == "PNG"
 
 
 def test_recorded_psnr_matches_the_decoded_file(sweep: dict) -> None:
