@@ -84,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_output(path: str, suffixes: tuple[str, ...], what: str) -> None:
-    """Refuse an output that cannot be written before doing any work for it."""
+def check_output(path: str, suffixes: tuple[str, ...], what: str, inputs: tuple[str, ...] = ()) -> None:
+    """Refuse an output that cannot be written, or that would replace an input, before any work."""
     if Path(path).suffix.lower() not in suffixes:
         raise DivinrError(f"{what} {path}: unsupported extension; use one of {', '.join(suffixes)}")
+    target = Path(path).resolve()
+    for source in inputs:
+        if target == Path(source).resolve():
+            raise DivinrError(f"{what} {path} is also an input of this command and would be overwritten; choose another file")
     check_writable(path)
 
 
@@ -106,15 +110,16 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from divinr.training.stages import paper_phases
 
     width, height = args.resolution
-    check_output(args.output, (".dvr",), "bitstream")
+    check_output(args.output, (".dvr",), "bitstream", inputs=(args.input,))
     if args.recon:
-        check_output(args.recon, WRITE_SUFFIXES, "reconstruction")
+        check_output(args.recon, WRITE_SUFFIXES, "reconstruction", inputs=(args.input, args.output))
     read_kwargs: dict[str, Any] = {"bit_depth": args.bit_depth}
-    if args.input_size:
-        read_kwargs["width"], read_kwargs["height"] = args.input_size
     if args.fps:
         read_kwargs["fps"] = args.fps
-    video = load_clip(args.input, width=width, height=height, max_frames=args.frames, start=args.start, **read_kwargs)
+    video = load_clip(
+        args.input, width=width, height=height, max_frames=args.frames, start=args.start,
+        input_size=args.input_size, **read_kwargs,
+    )
     config = EncoderConfig(
         backbone=args.backbone,
         backbone_path=args.backbone_path,
@@ -144,7 +149,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from divinr.codec import decompress
     from divinr.data.video import write_video
 
-    check_output(args.output, WRITE_SUFFIXES, "video")
+    check_output(args.output, WRITE_SUFFIXES, "video", inputs=(args.input,))
     data = _read_stream(args.input)
     start = time.perf_counter()
     decoded = decompress(data, backbone_path=args.backbone_path, device=args.device)

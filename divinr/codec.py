@@ -157,10 +157,23 @@ class EpochHistory(L.Callback):
 
 
 def load_clip(
-    path: str | Path, *, width: int, height: int, max_frames: int | None = None, start: int = 0, **read_kwargs: Any
+    path: str | Path,
+    *,
+    width: int,
+    height: int,
+    max_frames: int | None = None,
+    start: int = 0,
+    input_size: tuple[int, int] | None = None,
+    **read_kwargs: Any,
 ) -> Video:
-    """Read frames resized to the coding resolution as they are decoded (antialiased bicubic on RGB)."""
+    """Read frames resized to the coding resolution ``width`` x ``height`` as they are decoded.
+
+    ``input_size`` is the stored size of a raw ``.yuv`` file (which does not record it); other
+    formats declare their own. Resizing is antialiased bicubic on RGB.
+    """
     check_resolution(width, height)
+    if input_size is not None:
+        read_kwargs["width"], read_kwargs["height"] = input_size
     return read_video(path, start=start, max_frames=max_frames, resize=(width, height), **read_kwargs)
 
 

@@ -234,3 +234,40 @@ def test_inr_only_decoding_is_the_vae_decode_of_the_streams_conditioning(encoded
         assert torch.equal(decoded.frames[span.start : span.start + span.num_real], frames)
     # The diffusion decoder gives something else from the same bits.
     assert not torch.equal(decoded.frames, encoded[1]["frames"])
+
+
+def _write_yuv420(path: Path, frames: int, width: int, height: int, extra: int = 0) -> None:
+    rng = torch.Generator().manual_seed(0)
+    size = frames * width * height * 3 // 2 + extra
+    path.write_bytes(torch.randint(16, 236, (size,), generator=rng, dtype=torch.uint8).numpy().tobytes())
+
+
+def test_raw_yuv_input_encodes(tmp_path: Path, capsys) -> None:
+    clip = tmp_path / "clip.yuv"
+    _write_yuv420(clip, 5, 96, 80)
+    argv = ["encode", str(clip), "-o", str(tmp_path / "x.dvr"), "--input-size", "96x80", "--resolution", "64x64",
+            "--backbone", "tiny", "--epochs", "1,0,0", "--steps", "1", "--nola-bases", "0", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    info = stream_info((tmp_path / "x.dvr").read_bytes())
+    assert (info["frames"], info["width"], info["height"]) == (5, 64, 64)
+
+
+def test_raw_yuv_of_a_partial_frame_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    clip = tmp_path / "clip.yuv"
+    _write_yuv420(clip, 5, 64, 48, extra=100)
+    argv = ["encode", str(clip), "-o", str(tmp_path / "x.dvr"), "--input-size", "64x48", "--resolution", "64x48"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a whole number of 64x48" in err[0], err
+
+
+def test_outputs_never_replace_an_input(tmp_path: Path, capsys) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(sample_clip_path("bikes").read_bytes())
+    before = clip.read_bytes()
+    assert main(["encode", str(clip), "-o", str(tmp_path / "x.dvr"), "--recon", str(tmp_path / "." / "clip.mp4")]) == 2
+    assert "would be overwritten" in capsys.readouterr().err and clip.read_bytes() == before
+    stream = tmp_path / "s.y4m"
+    stream.write_bytes(b"DVNR not really")
+    assert main(["decode", str(stream), "-o", str(stream)]) == 2
+    assert "would be overwritten" in capsys.readouterr().err and stream.read_bytes() == b"DVNR not really"
