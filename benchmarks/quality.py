@@ -49,9 +49,14 @@ CLIPS = {"bikes": (320, 176), "carphone": (176, 144)}
 METRICS = ("psnr", "ms_ssim")
 
 
+MS_SSIM_MIN_SIDE = 161  # five scales of an 11-tap window
+
+
 def _score(reference: torch.Tensor, decoded: torch.Tensor) -> dict[str, float | None]:
-    scores = evaluate_sequence(reference, decoded, metrics=list(METRICS), device="cpu", skip_missing=True)
-    return {m: scores[m] for m in METRICS}
+    """PSNR and MS-SSIM; MS-SSIM is None on frames too small for its five scales (carphone)."""
+    metrics = [m for m in METRICS if m != "ms_ssim" or min(reference.shape[2:]) >= MS_SSIM_MIN_SIDE]
+    scores = evaluate_sequence(reference, decoded, metrics=metrics, device="cpu", skip_missing=True)
+    return {m: scores.get(m) if m in metrics else None for m in METRICS}
 
 
 def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -147,13 +152,14 @@ def bd_table(points: list[dict]) -> dict[str, dict[str, float | None]]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One row per clip, PSNR and MS-SSIM against bpp (log), the VAE ceiling as a dotted line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     clips = list(results)
-    fig, axes = plt.subplots(len(clips), 2, figsize=(11, 4 * len(clips)), squeeze=False)
+    fig = Figure(figsize=(11, 4 * len(clips)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(clips), 2, squeeze=False)
     for row, clip in zip(axes, clips):
         points = results[clip]["points"]
         for ax, metric in zip(row, METRICS):
@@ -175,7 +181,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
