@@ -20,6 +20,8 @@ from divinr.metrics.functional import psnr_rgb
 from divinr.models.backbone import (
     MASK_CHANNELS,
     MODEL_IN_CHANNELS,
+    WAN21_LATENTS_MEAN,
+    WAN21_LATENTS_STD,
     Backbone,
     backbone_fingerprint,
     get_preset,
@@ -60,8 +62,9 @@ def test_mini_loads_through_the_diffusers_folder_path(mini: Backbone) -> None:
     assert 0.5e6 <= dit <= 2e6 and 1e6 <= vae <= 3e6
     # Wan's compression: 4x temporal, 8x spatial, 16 channels.
     assert mini.encode(torch.rand(5, 3, 32, 48)).shape == (16, 2, 4, 6)
-    # The latent statistics were measured, not left at the placeholders.
-    assert mini.vae.config.latents_mean != [0.0] * 16 and mini.vae.config.latents_std != [1.0] * 16
+    # The latent statistics were measured on mini's own latents, not inherited from Wan2.1's VAE.
+    assert mini.vae.config.latents_mean != list(WAN21_LATENTS_MEAN)
+    assert mini.vae.config.latents_std != list(WAN21_LATENTS_STD)
 
 
 def test_mini_fingerprint_is_identical_in_another_process(mini: Backbone) -> None:

@@ -80,8 +80,8 @@ _WAN21_VAE: dict[str, Any] = {
     "latents_std": list(WAN21_LATENTS_STD),
 }
 
-# The architecture of the ``mini`` preset. Its latent statistics are computed by the pretraining
-# script and live in the shipped VAE config; these placeholders only serve fresh instantiation.
+# The architecture of the ``mini`` preset. Its latent statistics are measured by the pretraining
+# script and live in the shipped VAE config; Wan's, inherited here, only serve fresh instantiation.
 MINI_TRANSFORMER: dict[str, Any] = {
     **_WAN21_1_3B_TRANSFORMER,
     "num_attention_heads": 4,
@@ -95,8 +95,6 @@ MINI_VAE: dict[str, Any] = {
     **_WAN21_VAE,
     "base_dim": 16,
     "num_res_blocks": 1,
-    "latents_mean": [0.0] * LATENT_CHANNELS,
-    "latents_std": [1.0] * LATENT_CHANNELS,
 }
 
 
