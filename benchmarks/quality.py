@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from divinr.anchors import build_codec
+from divinr.anchors.base import param_tag
 from divinr.atomic import atomic_path, atomic_write_text
 from divinr.codec import EncoderConfig, compress, load_clip
 from divinr.compression.bitstream import unpack
@@ -71,9 +72,9 @@ def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return point
 
 
-def divinr_points(frames: torch.Tensor, fps: float, preset: str, args: argparse.Namespace, folder: Path) -> list[dict]:
+def divinr_points(video: Video, preset: str, args: argparse.Namespace, folder: Path) -> list[dict]:
     """One DiV-INR point and its "INR only" twin, from the same bitstream."""
-    video = Video(frames, fps)
+    frames = video.frames
     stream_path = folder / f"divinr-{preset}.dvr"
 
     def encode() -> dict[str, Any]:
@@ -116,9 +117,8 @@ def anchor_points(name: str, kwargs: dict, params: list[dict], frames: torch.Ten
             return {"codec": name, "param": param, "bpp": point.bpp, "label": point.label,
                     "commands": point.commands, **_score(frames, point.decoded)}
 
-        tag = "_".join(f"{k}{v}" for k, v in param.items())
         try:
-            points.append(cached(folder / f"{name}-{tag}.json", compute))
+            points.append(cached(folder / f"{name}-{param_tag(param)}.json", compute))
         except DivinrError as err:
             warnings.warn(f"{name} {param} skipped: {err}")
     return points
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         points = [vae_ceiling(video.frames, args.backbone, folder)]
         for preset in args.inr:
-            points += divinr_points(video.frames, video.fps, preset, args, folder)
+            points += divinr_points(video, preset, args, folder)
         if not args.skip_anchors:
             points += anchor_points("hinerv", {"epochs": tuple(args.hinerv_epochs), "device": "cpu"},
                                     [{"preset": p} for p in args.hinerv], video.frames, video.fps, folder)
