@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -110,9 +111,9 @@ def _only(kind: str) -> ConditioningMixture:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_mask_is_one_exactly_where_y_is_known(kind: str) -> None:
+def test_mask_is_zero_exactly_where_y_is_unknown(kind: str) -> None:
     z0 = torch.randn(3, 16, 7, 6, 8) + 3.0  # no exact zeros in z0
-    y, m, kinds = draw_conditioning(z0, _only(kind), torch.Generator().manual_seed(0))
+    y, m, kinds = draw_conditioning(z0, replace(_only(kind), confidence=0.0), torch.Generator().manual_seed(0))
     assert kinds == [kind] * 3 and y.shape == z0.shape and m.shape == (3, MASK_CHANNELS, 7, 6, 8)
     assert set(m.unique().tolist()) <= {0.0, 1.0} and torch.equal(m, m[:, :1].expand_as(m))
     known = m[:, :1].bool().expand_as(y)
@@ -125,6 +126,21 @@ def test_mask_is_one_exactly_where_y_is_known(kind: str) -> None:
         assert m.eq(1).all()
     else:
         assert m.eq(0).all()
+
+
+def test_confidence_masks_are_the_wiener_weight_of_the_degraded_y() -> None:
+    z0 = torch.randn(64, 16, 3, 4, 4, dtype=torch.float64)
+    mixture = replace(_only("degraded"), confidence=1.0, clean=0.0)
+    y, m, _ = draw_conditioning(z0, mixture, torch.Generator().manual_seed(2))
+    err = (y - z0).numpy().reshape(64, -1)
+    expected = 1.0 / (1.0 + np.mean(err**2, axis=1))
+    assert np.allclose(m.flatten(1).numpy(), expected[:, None])
+    assert (m < 1).all() and (m > 0).all()
+    exact = draw_conditioning(z0[:4], replace(mixture, clean=1.0), torch.Generator().manual_seed(2))[1]
+    assert exact.eq(1).all()  # an exact y is fully trusted
+    halves = draw_conditioning(z0, replace(mixture, confidence=0.5), torch.Generator().manual_seed(3))[1]
+    share = halves.flatten(1)[:, 0].eq(1).float().mean()
+    assert 0.25 < share < 0.75  # about half keep M = 1
 
 
 def test_degradations_change_y_and_are_reproducible() -> None:
@@ -141,7 +157,7 @@ def test_mixture_frequencies_follow_the_weights() -> None:
     z0 = torch.zeros(400, 1, 1, 2, 2)
     _, _, kinds = draw_conditioning(z0, ConditioningMixture(), torch.Generator().manual_seed(1))
     share = kinds.count("degraded") / len(kinds)
-    assert abs(share - 0.55) < 0.08
+    assert abs(share - 0.6) < 0.08
     with pytest.raises(ValueError, match="non-negative"):
         ConditioningMixture(first=-1.0).probabilities()
 

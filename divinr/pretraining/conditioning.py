@@ -1,14 +1,19 @@
 """Conditioning drawn from a mixture, to pretrain a DiT the way Fun-InP models are trained.
 
-A DiV-INR decoder gives the DiT an INR's imperfect latents ``y`` and a mask ``M``. A model
-pretrained only on clean or empty conditioning has never seen that case, so every training
-sample draws one of four kinds (M = 1 exactly where ``y`` is given):
+A DiV-INR decoder gives the DiT an INR's imperfect latents ``y`` and a confidence mask ``M``
+in [0, 1]. A model pretrained only on clean or empty conditioning has never seen that case, so
+every training sample draws one of four kinds:
 
-    first     y = z0 on the first latent frame, 0 elsewhere        (image-to-video)
-    blocks    y = z0 inside random spatio-temporal boxes, 0 outside (inpainting)
-    degraded  y = z0 after noise / spatial blur / low-pass / temporal blur, M = 1 everywhere
-              (an imperfect INR)
-    none      y = 0, M = 0                                           (unconditional)
+    first     y = z0 on the first latent frame, 0 elsewhere, M = 1 there     (image-to-video)
+    blocks    y = z0 inside random spatio-temporal boxes, 0 outside, M = 1 there (inpainting)
+    degraded  y = z0 after noise / spatial blur / low-pass / temporal blur   (an imperfect INR)
+              M = 1 everywhere, or (with probability ``confidence``) the confidence
+              M = 1 / (1 + mse(y, z0)): the weight a Wiener filter gives y for unit-variance
+              latents, so a mask below 1 tells the DiT how far to trust y
+    none      y = 0, M = 0                                                    (unconditional)
+
+A DiT pretrained on binary masks only has never seen a fractional M, yet an INR's learned mask
+starts near 0.5; the confidence draws give fractional masks a meaning.
 
 All tensors are normalised latents shaped (B, C, T', h, w); the mask has ``MASK_CHANNELS``
 identical channels.
@@ -35,14 +40,17 @@ class ConditioningMixture:
         first, blocks, degraded, none: relative weights of the kinds (normalised on use).
         max_noise: largest standard deviation of the additive noise, in latent std units.
         clean: probability that a ``degraded`` sample is left exact (a perfect INR).
+        confidence: probability that a ``degraded`` sample's mask is its Wiener confidence
+            ``1 / (1 + mse(y, z0))`` instead of 1.
     """
 
-    first: float = 0.15
+    first: float = 0.1
     blocks: float = 0.15
-    degraded: float = 0.55
+    degraded: float = 0.6
     none: float = 0.15
     max_noise: float = 1.0
-    clean: float = 0.1
+    clean: float = 0.25
+    confidence: float = 0.5
 
     def probabilities(self) -> Tensor:
         weights = torch.tensor([self.first, self.blocks, self.degraded, self.none], dtype=torch.float64)
@@ -113,6 +121,11 @@ def _random_boxes(shape: tuple[int, int, int], generator: torch.Generator) -> Te
     return mask
 
 
+def wiener_confidence(y: Tensor, z0: Tensor) -> float:
+    """Wiener confidence of ``y`` as an estimate of unit-variance ``z0``: 1 / (1 + mse)."""
+    return 1.0 / (1.0 + float((y - z0).square().mean()))
+
+
 def draw_conditioning(
     z0: Tensor, mixture: ConditioningMixture, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, list[str]]:
@@ -124,7 +137,8 @@ def draw_conditioning(
         generator: CPU generator; the draw is reproducible from its seed.
 
     Returns:
-        ``y`` like ``z0``, ``M`` (B, MASK_CHANNELS, T', h, w) in {0, 1}, and the kind of each sample.
+        ``y`` like ``z0``, ``M`` (B, MASK_CHANNELS, T', h, w) in [0, 1] (0 exactly where ``y`` is 0),
+        and the kind of each sample.
     """
     b, _, t, h, w = z0.shape
     picks = torch.multinomial(mixture.probabilities(), b, replacement=True, generator=generator)
@@ -133,7 +147,9 @@ def draw_conditioning(
         kind = KINDS[pick]
         sample = z0[i : i + 1]
         if kind == "degraded":
-            y, known = degrade(sample, mixture, generator), torch.ones((t, h, w))
+            y = degrade(sample, mixture, generator)
+            trust = wiener_confidence(y, sample) if torch.rand((), generator=generator) < mixture.confidence else 1.0
+            known = torch.full((t, h, w), trust)
         else:
             if kind == "first":
                 known = torch.zeros((t, h, w))
