@@ -5,6 +5,7 @@ For each clip (the demo clip and the clip held out of ``mini``'s pretraining):
     DiV-INR        INR sizes (default xxs, xs, s): train, code, decode the real stream
     INR only       the same stream's y decoded straight by the VAE (no diffusion, no NOLA)
     VAE ceiling    encode -> decode with the backbone's VAE (no rate: an upper bound for both above)
+    DiT ceiling    the exact latents as y with M = 1, sampled by the unadapted DiT (a perfect INR)
     HiNeRV recipe  the pixel INR coded with our bitstream (divinr.anchors.hinerv)
     x265, VVenC    the reference codecs (divinr.anchors)
 
@@ -40,9 +41,10 @@ from divinr.data.samples import sample_clip_path
 from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError
 from divinr.inference.decoder import render_conditioning
+from divinr.inference.sampler import SamplerConfig, initial_noise, sample
 from divinr.metrics.bd import bd_metric
 from divinr.metrics.evaluate import evaluate_sequence
-from divinr.models.backbone import load_backbone
+from divinr.models.backbone import MASK_CHANNELS, load_backbone
 from divinr.training.stages import paper_phases
 
 # (clip, width, height): bikes as the demo codes it; carphone, held out of pretraining, natively.
@@ -50,6 +52,8 @@ CLIPS = {"bikes": (320, 176), "carphone": (176, 144)}
 METRICS = ("psnr", "ms_ssim")
 
 
+# Rateless reference lines of the RD figure: (legend, line style).
+CEILINGS = {"vae_ceiling": ("VAE ceiling", ":"), "dit_ceiling": ("DiT ceiling (exact y, M = 1)", "--")}
 MS_SSIM_MIN_SIDE = 161  # five scales of an 11-tap window
 
 
@@ -105,6 +109,24 @@ def vae_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path) -> dict[
         return {"codec": "vae_ceiling", "param": None, "bpp": None, **_score(frames, decoded)}
 
     return cached(folder / "vae_ceiling.json", compute)
+
+
+def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path) -> dict[str, Any]:
+    """The diffusion stage's own ceiling: each GoP sampled (unadapted DiT, the codec's sampler and
+    noise seeds) from its exact latents as ``y`` with ``M = 1``, what a perfect INR would give."""
+    def compute() -> dict[str, Any]:
+        backbone = load_backbone(backbone_name)
+        config = SamplerConfig()
+        decoded = []
+        with torch.no_grad():
+            for index, gop in enumerate(split_gops(frames)):
+                y = backbone.encode(gop.frames)[None]
+                m = torch.ones((1, MASK_CHANNELS, *y.shape[2:]))
+                z0 = sample(lambda x, t: backbone.predict(x, y, m, t), initial_noise(tuple(y.shape), config, index), config)
+                decoded.append(backbone.decode(z0[0])[: gop.num_real])
+        return {"codec": "dit_ceiling", "param": None, "bpp": None, **_score(frames, torch.cat(decoded))}
+
+    return cached(folder / "dit_ceiling.json", compute)
 
 
 def anchor_points(name: str, kwargs: dict, params: list[dict], frames: torch.Tensor, fps: float, folder: Path) -> list[dict]:
@@ -168,8 +190,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                                key=lambda p: p["bpp"] or 0)
                 if not curve:
                     continue
-                if codec == "vae_ceiling":
-                    ax.axhline(curve[0][metric], ls=":", color="grey", label="VAE ceiling")
+                if codec in CEILINGS:
+                    ax.axhline(curve[0][metric], ls=CEILINGS[codec][1], color="grey", label=CEILINGS[codec][0])
                     continue
                 ax.plot([p["bpp"] for p in curve], [p[metric] for p in curve], "o-", label=codec)
             ax.set_xscale("log")
@@ -191,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         video = load_clip(sample_clip_path(clip), width=width, height=height, max_frames=args.frames)
         folder = out / "points" / clip
         folder.mkdir(parents=True, exist_ok=True)
-        points = [vae_ceiling(video.frames, args.backbone, folder)]
+        points = [vae_ceiling(video.frames, args.backbone, folder), dit_ceiling(video.frames, args.backbone, folder)]
         for preset in args.inr:
             points += divinr_points(video, preset, args, folder)
         if not args.skip_anchors:

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from benchmarks.quality import bd_table, cached
+import benchmarks.quality as quality
+from benchmarks.quality import bd_table, cached, dit_ceiling, vae_ceiling
+from divinr.codec import load_clip
+from divinr.data.samples import sample_clip_path
 from divinr.metrics.bd import bd_metric
+from divinr.models.backbone import load_backbone
 
 
 def _curve(codec: str, rates: list[float], offset: float) -> list[dict]:
@@ -44,3 +49,26 @@ def test_cached_points_are_computed_once(tmp_path: Path) -> None:
     second = cached(tmp_path / "p.json", compute)
     assert len(calls) == 1 and first == second == json.loads((tmp_path / "p.json").read_text())
     assert "seconds" in first
+
+
+def test_dit_ceiling_with_an_exact_flow_reproduces_the_vae_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DiT that reads y perfectly (flow (z_t - y) / t) samples y back: both ceilings then agree,
+    which checks that the exact latents, the mask and the sampler are wired as the decoder's."""
+    backbone = load_backbone("mini")  # a trained VAE, so that a ceiling is well above noise
+    seen_masks = []
+
+    def exact_flow(z_t: torch.Tensor, y: torch.Tensor, m: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        seen_masks.append(m)
+        return (z_t - y) / (timestep.view(-1, 1, 1, 1, 1) / 1000)
+
+    monkeypatch.setattr(backbone, "predict", exact_flow)
+    monkeypatch.setattr(quality, "load_backbone", lambda name: backbone)
+    frames = load_clip(sample_clip_path("bikes"), width=64, height=48, max_frames=9).frames
+    vae = vae_ceiling(frames, "mini", tmp_path)
+    dit = dit_ceiling(frames, "mini", tmp_path)
+    assert dit["codec"] == "dit_ceiling" and dit["bpp"] is None
+    assert dit["psnr"] == pytest.approx(vae["psnr"], abs=0.05)
+    assert seen_masks and all(bool(m.eq(1).all()) for m in seen_masks)
+    monkeypatch.setattr(backbone, "predict", lambda z_t, y, m, t: torch.zeros_like(z_t))  # a DiT that ignores y
+    blind = dit_ceiling(frames, "mini", tmp_path / "blind")
+    assert blind["psnr"] < vae["psnr"] - 3
