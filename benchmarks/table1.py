@@ -4,24 +4,35 @@
         [--anchor divinr] [--fid pooled|mean] [--imported dcvc_fm.csv ...] [--wandb]
 
 Reads every ``results.json`` below the ``--results`` folders (and imported points of codecs that cannot run
-here), and writes ``table1.md``, ``table1.csv``, ``table1.tex``, ``table1_per_sequence.csv`` and
-``figures/rd_<dataset>.{png,pdf}`` into ``--out``; the Markdown table is also printed.
+here), and writes ``table1.md``, ``table1.json``, ``table1.csv``, ``table1.tex``,
+``table1_per_sequence.csv`` and ``figures/rd_<dataset>.{png,pdf}`` into ``--out``; the Markdown
+table is also printed.
 
 Each cell is ``bd_metric(anchor bpp, anchor metric, codec bpp, codec metric)`` with DiV-INR as
 the anchor, i.e. BD-metric(codec) - BD-metric(DiV-INR), the paper's orientation: PSNR positive
-means the codec is better, LPIPS/DISTS/FID positive means it is worse. Averaging follows
-BENCHMARKS.md (per frame -> per sequence -> per dataset): BD values are computed per sequence
-on the sequences both codecs have and averaged; a cell is NaN if any of its sequences is
-(no overlap, too few points), so a number always covers every common sequence. Codecs known
-only by dataset averages (imported ``sequence = average`` points) are compared against the
-anchor's dataset-average curve (mean bpp and metric per rate point); such cells are marked.
-FID comes in two kinds (``--fid``; the table caption says which one it holds). ``pooled``:
-the FID/256 of all patches of a dataset's sequences at a rate point (from the
-``fid_stats.npz`` beside each results file), against mean bpp, so the FID cell is a BD between
-dataset curves; this is the default when every FID point has statistics, because one short
-sequence has fewer patches than Inception has feature dimensions. ``mean``: per-sequence FIDs
-treated like the other metrics (the fallback, with a warning, when statistics are missing,
-e.g. for imported points). The RD figures use the same kind.
+means the codec is better, LPIPS/DISTS/FID positive means it is worse.
+
+Every column (dataset, metric) has one named BD method and one sequence set, recorded in
+``table1.json``, in the ``<column>_bd`` fields of ``table1.csv`` and in the caption:
+
+- the sequence set is the anchor's sequences with values of that metric in that dataset;
+- ``per-sequence`` (every column but a pooled FID): BD on each sequence, then the mean over the
+  set (per frame -> per sequence -> per dataset, as BENCHMARKS.md averages); a cell is NaN if
+  any of its sequences is (no overlap, too few points);
+- ``pooled`` (the FID column with ``--fid pooled``, the default): BD between dataset curves of
+  the FID/256 of all patches of the set's sequences at each rate point (from the
+  ``fid_stats.npz`` beside each results file) against mean bpp, because one short sequence has
+  fewer patches than Inception has feature dimensions. ``--fid mean`` makes it ``per-sequence``.
+
+A cell that cannot follow its column says so instead of changing the column: ``partial``
+(the column's method on the subset of its sequences the codec has, the anchor restricted to the
+same ones), ``average`` (a codec known only by imported ``sequence = average`` points, against
+the anchor's average curve over the column's sequences), ``no-stats`` (a pooled column and a
+codec without FID statistics, e.g. imported FIDs: NaN) or ``missing`` (no points).
+
+Imported points carry their geometry and must match the measured points they are compared
+with (the same sequence's, or for an ``average`` point the anchor's sequences of the dataset:
+their resolution and total frames); otherwise the table is refused.
 """
 
 from __future__ import annotations
@@ -29,13 +40,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +77,33 @@ METRIC_NAMES = {"psnr": "PSNR", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID"
 DECIMALS = {"psnr": 2, "lpips": 3, "dists": 3, "fid": 2}  # as printed in the paper
 # Row order of the paper (HEVC, VVC, DCVC-FM, Relic et al., HiNeRV); other codecs follow by name.
 PAPER_ORDER = ("x265", "hevc", "vtm", "vvc", "vvenc", "dcvc-fm", "relic", "hinerv")
-AVERAGE_MARK = "*"
 FID_KINDS = ("pooled", "mean")
+# Column methods.
+PER_SEQUENCE, POOLED = "per-sequence", "pooled"
+# Cells that cannot follow their column's method (see the module doc).
+PARTIAL, AVERAGE, NO_STATS, MISSING = "partial", "average", "no-stats", "missing"
+MARKS = {AVERAGE: "*", PARTIAL: "\u2020", NO_STATS: "\u2021"}
+TEX_MARKS = {AVERAGE: "*", PARTIAL: r"\dagger", NO_STATS: r"\ddagger"}
+# Column captions name their sequences up to this many, else only count them (table1.json lists all).
+NAMED_SEQUENCES = 8
+# Config key of results made from imported points (holds the file they came from).
+IMPORTED_FROM = "imported_from"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One dataset/metric column of Table 1: how every cell in it is computed.
+
+    Attributes:
+        dataset, metric: what the column holds.
+        method: ``"per-sequence"`` or ``"pooled"`` (see the module doc).
+        sequences: the anchor's sequences with values of the metric; every regular cell covers them.
+    """
+
+    dataset: str
+    metric: str
+    method: str
+    sequences: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -75,15 +112,14 @@ class Cell:
 
     Attributes:
         value: BD-metric(codec) - BD-metric(anchor); NaN when undefined.
-        sequences: number of per-sequence BD values averaged (0 for the other bases).
-        basis: ``"sequences"`` (per-sequence BD, then mean), ``"average"`` (BD between
-            dataset-average curves, for codecs known only by averages), ``"pooled"`` (BD between
-            dataset curves of pooled FID) or ``"missing"`` (a side has no points).
+        basis: the column's method when the cell follows it, else ``"partial"``, ``"average"``,
+            ``"no-stats"`` or ``"missing"`` (see the module doc).
+        sequences: the sequences the value covers (the column's for ``average`` cells).
     """
 
     value: float
-    sequences: int
     basis: str
+    sequences: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,7 +133,8 @@ class Table1:
         codecs: row codecs.
         labels: codec -> honest description.
         cells: (codec, dataset, metric) -> :class:`Cell`.
-        per_sequence: (dataset, sequence, codec, metric, BD value) behind the ``sequences`` cells.
+        columns: (dataset, metric) -> :class:`Column`.
+        per_sequence: (dataset, sequence, codec, metric, BD value) behind the per-sequence cells.
         metrics: metric columns per dataset.
         fid: ``"pooled"`` (per-dataset FID of all patches) or ``"mean"`` (mean of per-sequence FIDs).
     """
@@ -108,6 +145,7 @@ class Table1:
     codecs: list[str]
     labels: dict[str, str]
     cells: dict[tuple[str, str, str], Cell]
+    columns: dict[tuple[str, str], Column] = field(default_factory=dict)
     per_sequence: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     metrics: tuple[str, ...] = TABLE_METRICS
     fid: str = "mean"
@@ -127,7 +165,7 @@ def results_from_imported(points: Iterable[Any], source_file: str | Path | None 
         source_file: the file they came from, recorded in each result's config.
 
     Returns:
-        One ``status="ok"`` result per point, with provenance in ``config``.
+        One ``status="ok"`` result per point, with its geometry and provenance (``config``).
     """
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for point in points:
@@ -143,9 +181,12 @@ def results_from_imported(points: Iterable[Any], source_file: str | Path | None 
                     sequence=sequence,
                     rate_point=str(index),
                     bpp=point.bpp,
+                    frames=point.frames,
+                    width=point.width,
+                    height=point.height,
                     metrics={m: getattr(point, m) for m in REPORTED_METRICS},
                     config={
-                        "imported_from": str(source_file) if source_file is not None else None,
+                        IMPORTED_FROM: str(source_file) if source_file is not None else None,
                         "source": point.source,
                         "reference": point.reference,
                         "notes": point.notes,
@@ -160,6 +201,55 @@ def _load_imported(path: str | Path) -> list[RunResult]:
     from divinr.anchors.imported import load_imported_points
 
     return results_from_imported(load_imported_points(path), path)
+
+
+def _geometry_text(frames: int, sizes: Iterable[tuple[int, int]]) -> str:
+    return f"{frames} frames of {' / '.join(f'{w}x{h}' for w, h in sorted(set(sizes)))}"
+
+
+def check_imported_geometry(results: Sequence[RunResult], anchor: str = ANCHOR_CODEC) -> None:
+    """Refuse imported points measured on other frames than the measured points they meet.
+
+    A per-sequence imported point must match the measured points of its sequence; an
+    ``average`` point must have the resolution of the anchor's sequences of its dataset and
+    their total frame count. Points with nothing measured to meet are left alone.
+
+    Raises:
+        DivinrError: naming the codec, the sequence and both geometries.
+    """
+    measured: dict[tuple[str, str], tuple[int, int, int]] = {}
+    anchor_sequences: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        if IMPORTED_FROM not in r.config and all((r.frames, r.width, r.height)):
+            measured.setdefault((dataset_key(r.dataset), r.sequence), (r.frames, r.width, r.height))
+            if r.codec == anchor:
+                anchor_sequences[dataset_key(r.dataset)].add(r.sequence)
+    fix = "import numbers measured at the geometry of the measured runs, or run those at the imported geometry"
+    for r in results:
+        if IMPORTED_FROM not in r.config:
+            continue
+        dataset = dataset_key(r.dataset)
+        where = f"imported {r.codec} point {dataset_title(dataset)}/{r.sequence} at {r.bpp} bpp ({r.config['source']})"
+        if r.sequence != AVERAGE_SEQUENCE:
+            frames, width, height = measured.get((dataset, r.sequence), (r.frames, r.width, r.height))
+            if (frames, width, height) != (r.frames, r.width, r.height):
+                raise DivinrError(
+                    f"{where} is {_geometry_text(r.frames, [(r.width, r.height)])} but the measured points of "
+                    f"{dataset_title(dataset)}/{r.sequence} are {_geometry_text(frames, [(width, height)])}; {fix}"
+                )
+            continue
+        sequences = anchor_sequences.get(dataset)
+        if not sequences:
+            continue
+        shapes = [measured[(dataset, s)] for s in sequences]
+        total, sizes = sum(f for f, _, _ in shapes), {(w, h) for _, w, h in shapes}
+        if (total, sizes) != (r.frames, {(r.width, r.height)}):
+            raise DivinrError(
+                f"{where} is {_geometry_text(r.frames, [(r.width, r.height)])} in all but {anchor}'s "
+                f"{len(sequences)} measured {dataset_title(dataset)} "
+                f"{'sequence is' if len(sequences) == 1 else 'sequences are'} {_geometry_text(total, sizes)} "
+                f"in all; {fix}"
+            )
 
 
 # ---------------------------------------------------------------------------- computation
@@ -193,31 +283,33 @@ def compute_table1(
     metrics: Sequence[str] = TABLE_METRICS,
     fid_stats: FidStats | None = None,
 ) -> Table1:
-    """Compute Table 1 from run results (see the module doc for orientation and averaging).
+    """Compute Table 1 from run results (see the module doc for orientation and column methods).
 
     Args:
         results: run results of every codec (failed runs are ignored).
         anchor: the reference codec (DiV-INR).
         method: ``"akima"``, ``"pchip"`` or ``"cubic"``.
         metrics: metric columns.
-        fid_stats: per-point FID statistics; given, the FID column is the BD between curves of
-            pooled per-dataset FID (every FID point needs statistics), else per-sequence FIDs.
+        fid_stats: per-point FID statistics; given, the FID columns are ``pooled`` (every anchor
+            FID point needs statistics; other codecs without them get ``no-stats`` cells), else
+            ``per-sequence``.
 
     Returns:
         The table; cells that cannot be computed are NaN, with a :class:`BDWarning` that
         names the codec, dataset, sequence and metric.
 
     Raises:
-        DivinrError: no usable results, none of the anchor codec, or FID points without statistics
-            when ``fid_stats`` is given.
+        DivinrError: no usable results, none of the anchor codec, imported points whose geometry
+            differs from the measured ones, or anchor FID points without statistics when
+            ``fid_stats`` is given.
     """
     if method not in METHODS:
         raise unknown_choice("BD interpolation method", method, METHODS)
     ok = [r for r in results if r.status == "ok"]
     if not ok:
         raise DivinrError("no successful results to tabulate; run the sweeps first or check the results folder")
+    check_imported_geometry(ok, anchor)
     per_seq = {m: sequence_curves(ok, m) for m in metrics}
-    averages = {m: rd_points(ok, m) for m in metrics}
     anchor_datasets = {d for m in metrics for d, c, _ in per_seq[m] if c == anchor}
     if not anchor_datasets:
         found = ", ".join(sorted({r.codec for r in ok}))
@@ -225,78 +317,114 @@ def compute_table1(
             f"anchor codec {anchor!r} has no results with {'/'.join(metrics)} values (codecs found: {found}); "
             "pass --anchor or add its runs"
         )
+    pooled = fid_stats is not None and "fid" in metrics
+    if pooled:
+        lacking = [r for r in missing_fid_stats(ok, fid_stats or {}) if r.codec == anchor]
+        if lacking:
+            raise DivinrError(
+                f"--fid pooled: {len(lacking)} FID points of {anchor} have no FID statistics (e.g. "
+                f"{lacking[0].dataset}/{lacking[0].sequence} {lacking[0].rate_point}); re-run those points "
+                "(force=true) so their fid_stats.npz is written, or use --fid mean"
+            )
     datasets = dataset_order(anchor_datasets)
     codecs = _row_order(r.codec for r in ok if r.codec != anchor and dataset_key(r.dataset) in anchor_datasets)
-    pooled = fid_stats is not None and "fid" in metrics
     table = Table1(
         anchor, method, datasets, codecs, codec_labels(ok), {}, metrics=tuple(metrics),
         fid="pooled" if pooled else "mean",
     )
-    if pooled:
-        lacking = missing_fid_stats(ok, fid_stats)
-        if lacking:
-            raise DivinrError(
-                f"{len(lacking)} FID points have no FID statistics (e.g. {lacking[0].codec} "
-                f"{lacking[0].dataset}/{lacking[0].sequence} {lacking[0].rate_point}); use --fid mean"
-            )
-        averages["fid"] = rd_points(ok, "fid", fid_stats)
-    for codec in codecs:
-        for dataset in datasets:
-            for metric in metrics:
-                if pooled and metric == "fid":
-                    cell = _pooled_cell(table, averages[metric], codec, dataset)
-                else:
-                    cell = _cell(table, per_seq[metric], averages[metric], codec, dataset, metric)
-                table.cells[(codec, dataset, metric)] = cell
+    for dataset in datasets:
+        for metric in metrics:
+            sequences = sorted(s for d, c, s in per_seq[metric] if d == dataset and c == anchor)
+            column_method = POOLED if pooled and metric == "fid" else PER_SEQUENCE
+            column = Column(dataset, metric, column_method, tuple(s for s in sequences if s != AVERAGE_SEQUENCE))
+            table.columns[(dataset, metric)] = column
+            for codec in codecs:
+                table.cells[(codec, dataset, metric)] = _cell(table, column, per_seq[metric], ok, fid_stats, codec)
     return table
 
 
-def _pooled_cell(
-    table: Table1, curves: dict[tuple[str, str], list[tuple[float, float]]], codec: str, dataset: str
-) -> Cell:
-    anchor_curve, codec_curve = curves.get((dataset, table.anchor)), curves.get((dataset, codec))
-    if not anchor_curve or not codec_curve:
-        return Cell(math.nan, 0, "missing")
-    where = f"{codec} vs {table.anchor} on {dataset_title(dataset)}, pooled fid"
-    return Cell(_bd(anchor_curve, codec_curve, table.method, where), 0, "pooled")
+def _dataset_curve(
+    results: Sequence[RunResult], codec: str, dataset: str, sequences: Iterable[str], metric: str,
+    fid_stats: FidStats | None = None,
+) -> list[tuple[float, float]]:
+    """The codec's dataset-average curve over exactly ``sequences`` (pooled FID with ``fid_stats``)."""
+    chosen = set(sequences)
+    subset = [r for r in results if r.codec == codec and dataset_key(r.dataset) == dataset and r.sequence in chosen]
+    return rd_points(subset, metric, fid_stats).get((dataset, codec), [])
 
 
 def _cell(
     table: Table1,
+    column: Column,
     curves: dict[tuple[str, str, str], list[tuple[float, float]]],
-    averages: dict[tuple[str, str], list[tuple[float, float]]],
+    results: Sequence[RunResult],
+    fid_stats: FidStats | None,
     codec: str,
-    dataset: str,
-    metric: str,
 ) -> Cell:
-    def of(name: str) -> dict[str, list[tuple[float, float]]]:
-        return {s: pts for (d, c, s), pts in curves.items() if d == dataset and c == name}
-
-    anchor_curves, codec_curves = of(table.anchor), of(codec)
-    if not anchor_curves or not codec_curves:
-        return Cell(math.nan, 0, "missing")
+    """The codec's cell of ``column``, by the column's method over the column's sequences when it can."""
+    dataset, metric = column.dataset, column.metric
+    have = {s for d, c, s in curves if d == dataset and c == codec}
+    if not column.sequences or not have:
+        return Cell(math.nan, MISSING)
     where = f"{codec} vs {table.anchor} on {dataset_title(dataset)}, {metric}"
-    if set(anchor_curves) == {AVERAGE_SEQUENCE} or set(codec_curves) == {AVERAGE_SEQUENCE}:
-        value = _bd(averages.get((dataset, table.anchor), []), averages.get((dataset, codec), []), table.method, where)
-        return Cell(value, 0, "average")
-    common = sorted((set(anchor_curves) & set(codec_curves)) - {AVERAGE_SEQUENCE})
-    if not common:
-        warnings.warn(f"{where}: no sequence has results of both codecs; the cell is NaN", BDWarning, stacklevel=3)
-        return Cell(math.nan, 0, "missing")
-    every = (set(anchor_curves) | set(codec_curves)) - {AVERAGE_SEQUENCE}
-    if len(common) < len(every):
+    extra = have - set(column.sequences) - {AVERAGE_SEQUENCE}
+    if extra:
         warnings.warn(
-            f"{where}: averaged over the {len(common)} sequences both codecs have; missing on one side: "
-            f"{', '.join(sorted(every - set(common)))}",
+            f"{where}: sequences {', '.join(sorted(extra))} have no {table.anchor} points and are left out",
             BDWarning,
             stacklevel=3,
         )
-    values = []
-    for sequence in common:
-        value = _bd(anchor_curves[sequence], codec_curves[sequence], table.method, f"{where}, {sequence}")
-        table.per_sequence.append((dataset, sequence, codec, metric, value))
-        values.append(value)
-    return Cell(sum(values) / len(values), len(values), "sequences")  # NaN if any sequence is NaN
+    covered = tuple(s for s in column.sequences if s in have)
+    if not covered:
+        if AVERAGE_SEQUENCE not in have:
+            warnings.warn(f"{where}: no sequence has results of both codecs; the cell is NaN", BDWarning, stacklevel=3)
+            return Cell(math.nan, MISSING)
+        if column.method == POOLED:
+            return _no_stats(where)
+        anchor_curve = _dataset_curve(results, table.anchor, dataset, column.sequences, metric)
+        codec_curve = _dataset_curve(results, codec, dataset, [AVERAGE_SEQUENCE], metric)
+        return Cell(_bd(anchor_curve, codec_curve, table.method, where), AVERAGE, column.sequences)
+    if column.method == POOLED:
+        stats = fid_stats or {}
+        if missing_fid_stats(
+            [r for r in results if r.codec == codec and dataset_key(r.dataset) == dataset and r.sequence in covered],
+            stats,
+        ):
+            return _no_stats(where)
+        value = _bd(
+            _dataset_curve(results, table.anchor, dataset, covered, metric, stats),
+            _dataset_curve(results, codec, dataset, covered, metric, stats),
+            table.method,
+            f"{where} (pooled)",
+        )
+    else:
+        values = []
+        for sequence in covered:
+            bd = _bd(curves[(dataset, table.anchor, sequence)], curves[(dataset, codec, sequence)], table.method,
+                     f"{where}, {sequence}")
+            table.per_sequence.append((dataset, sequence, codec, metric, bd))
+            values.append(bd)
+        value = sum(values) / len(values)  # NaN if any sequence is NaN
+    if len(covered) < len(column.sequences):
+        lacking = ", ".join(s for s in column.sequences if s not in covered)
+        warnings.warn(
+            f"{where}: {codec} lacks {lacking} of the column's sequences; the cell covers the other "
+            f"{len(covered)} only (both codecs) and is marked {MARKS[PARTIAL]}",
+            BDWarning,
+            stacklevel=3,
+        )
+        return Cell(value, PARTIAL, covered)
+    return Cell(value, column.method, covered)
+
+
+def _no_stats(where: str) -> Cell:
+    warnings.warn(
+        f"{where}: the codec's FID points have no FID statistics (imported or older points) and cannot be pooled; "
+        f"the cell is n/a{MARKS[NO_STATS]} (--fid mean compares per-sequence FIDs)",
+        BDWarning,
+        stacklevel=4,
+    )
+    return Cell(math.nan, NO_STATS)
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -313,18 +441,65 @@ def _arrow(metric: str, latex: bool = False) -> str:
     return "\u2191" if up else "\u2193"
 
 
+def _sequence_text(anchor: str, sequences: tuple[str, ...]) -> str:
+    names = f" ({', '.join(sequences)})" if len(sequences) <= NAMED_SEQUENCES else ""
+    return f"{anchor}'s {len(sequences)} sequence{'s' if len(sequences) != 1 else ''}{names}"
+
+
+def _column_text(table: Table1, column: Column) -> str:
+    if not column.sequences:
+        return f"{column.method}, no {table.anchor} values"
+    over = _sequence_text(table.anchor, column.sequences)
+    if column.method == POOLED:
+        return f"pooled, BD between dataset curves of the FID/256 pooled over all patches of {over} against mean bpp"
+    return f"per-sequence, BD on each of {over}, then the mean"
+
+
 def _caption(table: Table1) -> str:
+    """The caption: sign convention and, per dataset, each column's method and sequences."""
+    parts = []
+    for dataset in table.datasets:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for metric in table.metrics:
+            groups[_column_text(table, table.columns[(dataset, metric)])].append(METRIC_NAMES.get(metric, metric))
+        described = "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+        parts.append(f"{dataset_title(dataset)} {described}.")
     return (
-        f"BD-metric of each codec minus {table.anchor} (the anchor), {table.method} interpolation over log10(bpp); "
-        "BD per sequence, then the mean over a dataset's sequences. PSNR: positive = the codec is better; "
-        "LPIPS, DISTS, FID: positive = the codec is worse. "
-        + (
-            "FID: pooled per-dataset FID/256 (all patches of a dataset's sequences at each rate point) "
-            "against mean bpp, BD between the dataset curves."
-            if table.fid == "pooled"
-            else "FID: per-sequence FID/256, BD per sequence like the other metrics."
-        )
+        f"BD-metric of each codec minus {table.anchor} (the anchor), {table.method} interpolation over log10(bpp). "
+        "PSNR: positive = the codec is better; LPIPS, DISTS, FID: positive = the codec is worse. "
+        "Column methods: " + " ".join(parts) + " Every cell of a column is computed that way unless marked."
     )
+
+
+def _mark(cell: Cell) -> str:
+    return MARKS.get(cell.basis, "")
+
+
+def _legend(table: Table1) -> list[str]:
+    """Footnotes for the marks used, naming each partial cell's missing sequences."""
+    bases = {cell.basis for cell in table.cells.values()}
+    lines = []
+    if AVERAGE in bases:
+        lines.append(
+            f"- {MARKS[AVERAGE]} BD between dataset-average curves (the codec is known only by averages; "
+            f"{table.anchor} averaged over the column's sequences)."
+        )
+    partial: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (codec, dataset, metric), cell in table.cells.items():
+        if cell.basis == PARTIAL:
+            lacking = tuple(s for s in table.columns[(dataset, metric)].sequences if s not in cell.sequences)
+            partial[(codec, dataset, lacking)].append(METRIC_NAMES.get(metric, metric))
+    for (codec, dataset, lacking), names in partial.items():
+        lines.append(
+            f"- {MARKS[PARTIAL]} {codec}, {dataset_title(dataset)} {', '.join(names)}: the column's method on the "
+            f"sequences both codecs have; {codec} lacks {', '.join(lacking)}."
+        )
+    if NO_STATS in bases:
+        lines.append(
+            f"- {MARKS[NO_STATS]} no FID statistics for this codec (imported FIDs cannot be pooled); "
+            "`--fid mean` compares per-sequence FIDs."
+        )
+    return lines
 
 
 def to_markdown(table: Table1) -> str:
@@ -333,37 +508,61 @@ def to_markdown(table: Table1) -> str:
         f"{dataset_title(d)} {METRIC_NAMES.get(m, m)} {_arrow(m)}" for d in table.datasets for m in table.metrics
     ]
     lines = [_caption(table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    marked = False
     for codec in table.codecs:
         cells = []
         for dataset in table.datasets:
             for metric in table.metrics:
                 cell = table.cells[(codec, dataset, metric)]
-                mark = AVERAGE_MARK if cell.basis == "average" and not math.isnan(cell.value) else ""
-                marked = marked or bool(mark)
-                cells.append(_format(cell.value, metric) + mark)
+                cells.append(_format(cell.value, metric) + _mark(cell))
         lines.append(f"| {codec} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.extend(f"- `{codec}`: {table.labels.get(codec, codec)}" for codec in (table.anchor, *table.codecs))
-    if marked:
-        lines.append(f"- {AVERAGE_MARK} BD between dataset-average curves (the codec is known only by averages).")
+    lines.extend(_legend(table))
     lines.append("- n/a: no points on one side, or curves that cannot be compared (see the warnings).")
     return "\n".join(lines) + "\n"
 
 
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def to_json(table: Table1) -> str:
+    """Everything the table states: columns with their method and sequences, cells with their basis."""
+    data = {
+        "anchor": table.anchor,
+        "interpolation": table.method,
+        "fid": table.fid,
+        "caption": _caption(table),
+        "codecs": [{"codec": c, "label": table.labels.get(c, c)} for c in table.codecs],
+        "columns": [
+            {"dataset": c.dataset, "metric": c.metric, "method": c.method, "sequences": list(c.sequences)}
+            for c in (table.columns[(d, m)] for d in table.datasets for m in table.metrics)
+        ],
+        "cells": [
+            {"codec": codec, "dataset": d, "metric": m, "value": _json_number(cell.value), "basis": cell.basis,
+             "sequences": list(cell.sequences)}
+            for codec in table.codecs for d in table.datasets for m in table.metrics
+            for cell in [table.cells[(codec, d, m)]]
+        ],
+    }
+    return json.dumps(data, indent=2) + "\n"
+
+
 def to_csv(table: Table1) -> str:
-    """One row per codec, one column per dataset/metric, full precision (``nan`` where undefined)."""
+    """One row per codec; per dataset/metric its value (full precision, ``nan`` where undefined) and,
+    in ``<dataset>_<metric>_bd``, how it was computed (the column's method, or the cell's basis)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["codec", "label"] + [f"{d}_{m}" for d in table.datasets for m in table.metrics])
+    columns = [(d, m) for d in table.datasets for m in table.metrics]
+    writer.writerow(["codec", "label"] + [name for d, m in columns for name in (f"{d}_{m}", f"{d}_{m}_bd")])
     for codec in table.codecs:
-        values = [repr(table.cells[(codec, d, m)].value) for d in table.datasets for m in table.metrics]
-        writer.writerow([codec, table.labels.get(codec, codec), *values])
+        cells = [table.cells[(codec, d, m)] for d, m in columns]
+        writer.writerow([codec, table.labels.get(codec, codec), *(x for c in cells for x in (repr(c.value), c.basis))])
     return buffer.getvalue()
 
 
 def per_sequence_csv(table: Table1) -> str:
-    """The per-sequence BD values that the ``sequences`` cells average."""
+    """The per-sequence BD values that the per-sequence cells average."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["dataset", "sequence", "codec", "metric", "bd"])
@@ -387,6 +586,7 @@ def to_latex(table: Table1) -> str:
     n = len(table.metrics)
     lines = [f"% {_caption(table)}"]
     lines += [f"% {codec}: {table.labels.get(codec, codec)}" for codec in (table.anchor, *table.codecs)]
+    lines += [f"% {line}" for line in _legend(table)]
     lines += [
         r"\begin{tabular}{l" + (" " + "c" * n) * len(table.datasets) + "}",
         r"\toprule",
@@ -404,21 +604,19 @@ def to_latex(table: Table1) -> str:
         for dataset in table.datasets:
             for metric in table.metrics:
                 cell = table.cells[(codec, dataset, metric)]
-                if math.isnan(cell.value):
-                    cells.append("--")
-                else:
-                    mark = rf"$^{{{AVERAGE_MARK}}}$" if cell.basis == "average" else ""
-                    cells.append(f"${_format(cell.value, metric)}${mark}")
+                mark = rf"$^{{{TEX_MARKS[cell.basis]}}}$" if cell.basis in TEX_MARKS else ""
+                cells.append(("--" if math.isnan(cell.value) else f"${_format(cell.value, metric)}$") + mark)
         lines.append(f"{_tex(codec)} & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
 def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
-    """Write ``table1.md``, ``table1.csv``, ``table1.tex`` and ``table1_per_sequence.csv`` atomically."""
+    """Write ``table1.{md,json,csv,tex}`` and ``table1_per_sequence.csv`` atomically."""
     out_dir = Path(out_dir)
     outputs = {
         "table1.md": to_markdown(table),
+        "table1.json": to_json(table),
         "table1.csv": to_csv(table),
         "table1.tex": to_latex(table),
         "table1_per_sequence.csv": per_sequence_csv(table),
@@ -444,7 +642,10 @@ def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path, fid_s
             job_type="table1",
             dir=str(out_dir),
             mode=wandb_mode(out_dir),
-            config={"anchor": table.anchor, "method": table.method, "fid": table.fid},
+            config={
+                "anchor": table.anchor, "method": table.method, "fid": table.fid,
+                "columns": {f"{c.dataset}/{c.metric}": c.method for c in table.columns.values()},
+            },
         )
     except Exception as exc:  # noqa: BLE001 - W&B must never cost the tables already written
         warnings.warn(f"--wandb: could not start a W&B run ({type(exc).__name__}: {exc})", UserWarning, stacklevel=2)
@@ -470,7 +671,7 @@ def run_table1(
     method: str = "akima",
     imported: Sequence[str | Path] = (),
     use_wandb: bool = False,
-    fid: str | None = None,
+    fid: str = "pooled",
 ) -> tuple[Table1, list[Path]]:
     """Load results, compute Table 1, write the tables and figures (and log to W&B).
 
@@ -482,12 +683,14 @@ def run_table1(
         method: BD interpolation method.
         imported: CSV/JSON files of imported RD points.
         use_wandb: also log to a W&B run (offline without an API key).
-        fid: ``"pooled"``, ``"mean"``, or None: pooled when every FID point has statistics,
-            else mean with a warning.
+        fid: ``"pooled"`` (the FID columns pool the ``fid_stats.npz`` of the points) or ``"mean"``
+            (per-sequence FIDs); never chosen from the data, so one point cannot change a column.
 
     Returns:
         The table and the written files.
     """
+    if fid not in FID_KINDS:
+        raise unknown_choice("FID kind", fid, FID_KINDS)
     roots = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(r) for r in results_dir]
     out_dir = Path(out_dir)
     results: list[RunResult] = []
@@ -502,33 +705,16 @@ def run_table1(
     if not results:
         where = ", ".join(map(str, roots))
         raise DivinrError(f"no results.json found below {where}; run the sweeps first or check --results")
-    fid_stats, fallback = _choose_fid(results, point_stats, fid)
+    fid_stats = point_stats if fid == "pooled" else None
     table = compute_table1(results, anchor=anchor, method=method, fid_stats=fid_stats)
-    if fallback:  # only once the table exists: a failed table needs just its error
-        warnings.warn(fallback, RDWarning, stacklevel=2)
     written = write_table1(table, out_dir)
+    if fid_stats is not None:  # the figures draw pooled FID too, without the points the table marks n/a
+        lacking = {id(r) for r in missing_fid_stats(results, fid_stats)}
+        results = [replace(r, metrics={**r.metrics, "fid": None}) if id(r) in lacking else r for r in results]
     written += plot_rd_curves(results, out_dir / "figures", anchor=anchor, fid_stats=fid_stats)
     if use_wandb:
         _log_wandb(table, results, out_dir, fid_stats)
     return table, written
-
-
-def _choose_fid(
-    results: Sequence[RunResult], stats: FidStats, fid: str | None
-) -> tuple[FidStats | None, str | None]:
-    """The statistics to pool FID with (None: mean of per-sequence FIDs) and, when the default
-    had to fall back to the mean, the warning to give."""
-    if fid is not None and fid not in FID_KINDS:
-        raise unknown_choice("FID kind", fid, FID_KINDS)
-    if fid == "mean":
-        return None, None
-    lacking = missing_fid_stats(results, stats)
-    if fid is None and lacking:
-        return None, (
-            f"{len(lacking)} FID points have no fid_stats.npz (e.g. {lacking[0].codec} {lacking[0].dataset}/"
-            f"{lacking[0].sequence}); the FID column is the mean of per-sequence FIDs, not the pooled dataset FID"
-        )
-    return stats, None  # with fid="pooled" and points lacking statistics, compute_table1 names them
 
 
 def _print_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -548,9 +734,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--imported", action="append", default=[], metavar="FILE", help="CSV/JSON of imported RD points (repeatable)"
     )
     parser.add_argument(
-        "--fid", choices=FID_KINDS, default=None,
-        help="FID column: pooled per-dataset FID or mean of per-sequence FIDs "
-        "(default: pooled when every FID point has fid_stats.npz, else mean with a warning)",
+        "--fid", choices=FID_KINDS, default="pooled",
+        help="FID columns: BD between curves of the pooled per-dataset FID (default; codecs without "
+        "fid_stats.npz get marked n/a cells) or mean of per-sequence BDs of per-sequence FIDs",
     )
     parser.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """Run a reference codec (anchor) over one sequence from a Hydra config, one folder per rate point.
 
     cfg.anchor --build_codec(name, **kwargs)--> ReferenceCodec, its sweep [{"qp": 51}, ...]
-    cfg.data --experiments.run.load_frames--> Video (the frames DiV-INR codes)
-        --write_raw_rgb--> input.rgb (once per job, deleted at the end)
+    cfg.data --experiments.run.frames_source--> Video (the frames DiV-INR codes)
+        --write_raw_rgb--> input.rgb (once per job, deleted at the end; the recorded
+                           commands start with the line that rebuilds it from the source)
         --codec.encode_decode(param)--> <codec>_<tag>.<stream>, decoded rgb24 --> metrics
         --> results.json per point (atomic, last)
 
@@ -42,7 +43,7 @@ from experiments.callbacks import summary_table
 from experiments.run import (
     _one_line,
     changed_settings,
-    load_frames,
+    frames_source,
     metrics_to_rescore,
     point_name,
     report_failure,
@@ -272,9 +273,10 @@ def _run_points(
     """
     try:
         codec.check()
-        video = load_frames(cfg)
+        source = frames_source(cfg)
+        video = source.read()
         evaluator = SequenceEvaluator(list(cfg.metrics), skip_missing=True)
-        raw = write_raw_rgb(video.frames, tmp / "input.rgb")
+        raw = write_raw_rgb(video.frames, tmp / "input.rgb", source=source)
         setup_error: Exception | None = None
     except Exception as exc:  # noqa: BLE001 - recorded on every point, like a failure inside one
         setup_error = exc

@@ -40,8 +40,9 @@ from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from divinr.codec import EncoderConfig, compress, decompress, load_clip
-from divinr.data.datasets import dataset_key, get_dataset, load_sequence
+from divinr.anchors.base import VideoSource
+from divinr.codec import EncoderConfig, check_resolution, compress, decompress
+from divinr.data.datasets import dataset_key, get_dataset, sequence_source
 from divinr.data.samples import SAMPLE_CLIPS, sample_clip_path
 from divinr.data.video import Video, read_video, write_video
 from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, VideoFormatError, unknown_choice
@@ -166,18 +167,25 @@ def point_dir(cfg: DictConfig) -> Path:
     return Path(to_absolute_path(cfg.results_root)) / cfg.exp_name / dataset / sequence / cfg.rate_point
 
 
-def load_frames(cfg: DictConfig) -> Video:
-    """The point's frames at coding resolution (clip file / sample clip, or dataset sequence)."""
+def frames_source(cfg: DictConfig) -> VideoSource:
+    """The file and reader arguments of the point's frames at coding resolution (clip file / sample
+    clip, or dataset sequence): what a recorded anchor command re-reads."""
     data = cfg.data
     if data.source == "clip":
         path = sample_clip_path(data.clip) if data.clip in SAMPLE_CLIPS else Path(to_absolute_path(data.clip))
-        return load_clip(path, width=data.width, height=data.height, max_frames=data.max_frames, start=data.start)
+        check_resolution(data.width, data.height)
+        return VideoSource(path, {"start": data.start, "max_frames": data.max_frames, "resize": (data.width, data.height)})
     if data.start:
         raise PresetError("data.start applies to clips only; dataset sequences are coded from their first frame")
     root = to_absolute_path(data.root) if data.root else None
-    return load_sequence(
+    return VideoSource(*sequence_source(
         data.dataset, data.sequence, root, width=data.width, height=data.height, max_frames=data.max_frames
-    )
+    ))
+
+
+def load_frames(cfg: DictConfig) -> Video:
+    """The point's frames, read exactly as :func:`frames_source` records them."""
+    return frames_source(cfg).read()
 
 
 def default_label(cfg: DictConfig) -> str:

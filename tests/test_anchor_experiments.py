@@ -8,6 +8,7 @@ Points run x265 (and VVenC on the command line) on 5 frames of bikes at 64x48 wi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,18 @@ def test_rate_point_names() -> None:
     assert rate_point_name({"qp": 37}) == "qp37" and rate_point_name({"preset": "xs"}) == "xs"
 
 
+def test_anchor_configs_keep_the_papers_x265_line_and_code_in_full_range() -> None:
+    """The x265 YAML keeps the paper's flags (info SEI in); stripping it is a named, labelled option."""
+    x265 = anchor_codec(compose_cfg("anchor=x265").anchor)
+    assert isinstance(x265, X265Codec) and x265.strip_sei is False
+    assert [rate_point_name(p) for p in x265.default_params()][:2] == ["qp51", "qp47"]
+    stripped = anchor_codec(compose_cfg("anchor=x265", "anchor.kwargs.strip_sei=true").anchor)
+    assert [rate_point_name(p) for p in stripped.default_params()][:2] == ["qp51_seistripped", "qp47_seistripped"]
+    paths = [f"anchor.kwargs.{k}=x" for k in ("encoder_app", "decoder_app", "cfg")]
+    for name, extra in (("x265", []), ("vvenc", []), ("vtm", paths)):
+        assert anchor_codec(compose_cfg(f"anchor={name}", *extra).anchor).yuv_range == "full"
+
+
 def test_vtm_needs_its_binaries_and_takes_them_from_the_config(tmp_path: Path) -> None:
     with pytest.raises(PresetError, match=r"anchor\.kwargs\.encoder_app is not set"):
         anchor_codec(compose_cfg("anchor=vtm").anchor)
@@ -139,11 +152,28 @@ def test_x265_points_record_their_stream_size_and_commands(x265_run: dict) -> No
         assert (result.codec, result.dataset, result.sequence) == ("x265", "clip", "bikes")
         assert (result.frames, result.width, result.height) == (FRAMES, WIDTH, HEIGHT)
         assert result.label.startswith("HEVC (x265 ") and "veryslow, 4:4:4, GoP 16" in result.label
-        encode = result.config["commands"][0]
+        rebuild, encode = result.config["commands"][:2]
+        assert str(sample_clip_path("bikes")) in rebuild  # the input is rebuilt from the real source
         assert "-preset veryslow" in encode and f"qp={qp}" in encode and "-pix_fmt yuv444p" in encode
+        assert "info=0" not in encode and "out_range=pc" in encode
+        assert result.config["resolved"]["anchor"]["kwargs"]["yuv_range"] == "full"
         assert result.config["param"] == {"qp": qp} and result.encode_seconds > 0
     low, high = (read_result(folder / p / "results.json") for p in ("qp45", "qp37"))
     assert low.bpp < high.bpp and low.metrics["psnr"] < high.metrics["psnr"]
+
+
+@needs_x265
+def test_recorded_rebuild_command_recreates_the_deleted_input(x265_run: dict, tmp_path: Path) -> None:
+    """The input file is deleted after the run; the recorded first command writes it again, byte for byte."""
+    result = read_result(x265_run["folder"] / "qp45" / "results.json")
+    rebuild = result.config["commands"][0]
+    deleted = next(word for word in re.findall(r'"([^"]+)"', rebuild) if word.endswith("input.rgb"))
+    assert not Path(deleted).exists()
+    subprocess.run(rebuild, shell=True, check=True, cwd=tmp_path)
+    frames = load_clip(sample_clip_path("bikes"), width=WIDTH, height=HEIGHT, max_frames=FRAMES).frames
+    expected = (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy().tobytes()
+    assert Path(deleted).read_bytes() == expected
+    Path(deleted).unlink()
 
 
 @needs_x265
@@ -212,6 +242,19 @@ def test_finished_point_with_other_codec_settings_is_refused(x265_run: dict, cap
     results = run_anchor(compose_cfg(*x265_run["common"], "anchor.kwargs.qps=[45]", "anchor.kwargs.preset=fast"))
     assert results == [None] and exit_status(results) == 2
     assert "anchor.kwargs.preset" in capsys.readouterr().err and path.read_text() == before
+
+
+@needs_x265
+def test_stripped_sei_points_have_their_own_folders_and_label(x265_run: dict) -> None:
+    results = run_anchor(compose_cfg(*x265_run["common"], "anchor.kwargs.strip_sei=true"))
+    folder = x265_run["folder"]
+    assert [r.rate_point for r in results] == ["qp45_seistripped", "qp37_seistripped"]
+    for qp, result in zip((45, 37), results):
+        assert result.status == "ok", result.error
+        assert result.config["param"] == {"qp": qp, "sei": "stripped"} and "info SEI stripped" in result.label
+        assert f"scenecut=0:info=0:qp={qp} " in result.config["commands"][0]
+        paper = read_result(folder / f"qp{qp}" / "results.json")  # the unstripped point is untouched
+        assert "SEI" not in paper.label and result.bpp < paper.bpp
 
 
 @needs_x265

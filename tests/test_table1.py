@@ -1,9 +1,12 @@
-"""Table 1: BD values against analytic cases and the bjontegaard package, signs, files and the CLI."""
+"""Table 1: BD values against analytic cases and the bjontegaard package, signs, column methods,
+imported points and their geometry, files and the CLI."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -16,10 +19,11 @@ import scipy.linalg
 import torch
 
 from benchmarks.table1 import compute_table1, main, run_table1, to_markdown
+from divinr.anchors.base import AnchorError
+from divinr.anchors.imported import load_imported_points
 from divinr.errors import DivinrError
 from divinr.metrics.bd import BDWarning
 from divinr.metrics.perceptual import FID_STATS_NAME, FeatureStats, save_fid_stats
-from divinr.reporting import RDWarning
 from divinr.results import RunResult, read_result, write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +38,8 @@ HINERV_RATE = 1.25  # hinerv: the anchor's quality at 1.25x the bits
 VTM_RATE = np.array([1.1, 0.9, 1.2, 1.05])  # vtm: irregular, checked against bjontegaard
 VTM_DELTA = {"psnr": [1.2, 0.7, 1.9, 1.1], "lpips": [0.04, 0.07, 0.02, 0.05], "dists": [0.01, 0.03, 0.02, 0.02],
              "fid": [12.0, 25.0, 9.0, 17.0]}
+FRAMES, WIDTH, HEIGHT = 8, 64, 32  # the geometry every measured test point is coded at
+GEOMETRY_HEADER = "codec,dataset,sequence,bpp,psnr,fid,width,height,frames,source,reference"
 
 
 def _anchor(metric: str, sequence: str, bpp: np.ndarray) -> np.ndarray:
@@ -61,6 +67,7 @@ def _results(curves: dict | None = None) -> list[RunResult]:
                 RunResult(
                     codec=codec, label=f"{codec} test curve", dataset="uvg", sequence=seq, rate_point=f"r{i}",
                     bpp=float(rate), metrics={m: float(v[i]) for m, v in metrics.items()},
+                    frames=FRAMES, width=WIDTH, height=HEIGHT,
                 )
             )
     return results
@@ -82,7 +89,8 @@ def test_analytic_cells_and_sign_convention() -> None:
         # Same rates, values shifted by a constant: the BD metric is that constant, with its sign.
         cell = table.cells[("x265", "uvg", metric)]
         assert cell.value == pytest.approx(SHIFT[metric], abs=1e-9)
-        assert cell.basis == "sequences" and cell.sequences == 2
+        assert cell.basis == "per-sequence" and cell.sequences == ("A", "B")
+        assert table.columns[("uvg", metric)].method == "per-sequence"
         # The anchor's quality at 1.25x the bits: BD = -slope * log10(1.25).
         expected = -SLOPE[metric] * math.log10(HINERV_RATE)
         assert table.cells[("hinerv", "uvg", metric)].value == pytest.approx(expected, abs=1e-9)
@@ -125,10 +133,10 @@ def test_no_overlap_gives_nan_with_a_located_warning() -> None:
 def test_results_from_several_roots_make_the_same_table(tmp_path: Path) -> None:
     """A sweep's root and the anchors' root given together equal one root holding both."""
     results = _results()
-    together, _ = run_table1(_write_results(tmp_path / "one", results), tmp_path / "out1")
+    together, _ = run_table1(_write_results(tmp_path / "one", results), tmp_path / "out1", fid="mean")
     sweep = _write_results(tmp_path / "sweep", [r for r in results if r.codec == "divinr"])
     anchors = _write_results(tmp_path / "anchors", [r for r in results if r.codec != "divinr"])
-    split, _ = run_table1([sweep, anchors], tmp_path / "out2")
+    split, _ = run_table1([sweep, anchors], tmp_path / "out2", fid="mean")
     assert split.cells == together.cells and split.codecs == together.codecs
     with pytest.raises(DivinrError, match="missing-root does not exist"):
         run_table1([sweep, tmp_path / "missing-root"], tmp_path / "out3")
@@ -146,10 +154,11 @@ def test_bad_inputs_raise() -> None:
 
 def test_files_written(tmp_path: Path) -> None:
     root = _write_results(tmp_path / "runs", _results())
-    table, written = run_table1(root, tmp_path / "out")
+    table, written = run_table1(root, tmp_path / "out", fid="mean")
     names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in written)
     assert names == sorted([
-        "table1.md", "table1.csv", "table1.tex", "table1_per_sequence.csv", "figures/rd_uvg.png", "figures/rd_uvg.pdf",
+        "table1.md", "table1.json", "table1.csv", "table1.tex", "table1_per_sequence.csv", "figures/rd_uvg.png",
+        "figures/rd_uvg.pdf",
     ])
     assert all(p.stat().st_size > 0 for p in written)
     markdown = (tmp_path / "out" / "table1.md").read_text()
@@ -161,17 +170,23 @@ def test_files_written(tmp_path: Path) -> None:
         rows = {row["codec"]: row for row in csv.DictReader(handle)}
     assert float(rows["hinerv"]["uvg_psnr"]) == pytest.approx(-4 * math.log10(1.25))
     assert rows["vtm"]["label"] == "vtm test curve"
+    assert {rows[c][f"uvg_{m}_bd"] for c in rows for m in METRICS} == {"per-sequence"}
+
+
+def _imported_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join([GEOMETRY_HEADER, *rows]) + "\n")
+    return path
 
 
 def test_imported_average_points(tmp_path: Path) -> None:
-    pytest.importorskip("divinr.anchors.imported", reason="imported RD points loader not available")
     root = _write_results(tmp_path / "runs", [r for r in _results() if r.codec == "divinr"])
     imported_bpp, imported_psnr = [0.006, 0.012, 0.025, 0.045], [27.0, 29.0, 30.5, 31.5]
-    csv_path = tmp_path / "dcvc.csv"
-    lines = ["codec,dataset,sequence,bpp,psnr,source,reference"]
-    lines += [f"DCVC-FM,UVG,average,{b},{p},Fig. 4,Li et al. 2024" for b, p in zip(imported_bpp, imported_psnr)]
-    csv_path.write_text("\n".join(lines) + "\n")
-    table, _ = run_table1(root, tmp_path / "out", imported=[csv_path])
+    total = FRAMES * len(BPP)  # an average point states the frames of all the sequences it averages
+    csv_path = _imported_csv(tmp_path / "dcvc.csv", [
+        f"DCVC-FM,UVG,average,{b},{p},,{WIDTH},{HEIGHT},{total},Fig. 4,Li et al. 2024"
+        for b, p in zip(imported_bpp, imported_psnr)
+    ])
+    table, _ = run_table1(root, tmp_path / "out", imported=[csv_path], fid="mean")
     cell = table.cells[("DCVC-FM", "uvg", "psnr")]
     assert cell.basis == "average"
     anchor_bpp = np.mean([BPP[s] for s in BPP], axis=0)
@@ -188,8 +203,8 @@ def test_cli_prints_table(tmp_path: Path) -> None:
     root = _write_results(tmp_path / "runs", _results())
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.table1", "--results", str(root), "--out", str(tmp_path / "out"),
-         "--method", "pchip"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+         "--method", "pchip", "--fid", "mean"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "| x265 | +1.50 | +0.050 | +0.020 | +20.00 |" in proc.stdout
@@ -201,7 +216,7 @@ def test_cli_empty_dir_exits_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.table1", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -221,7 +236,7 @@ def test_cli_reports_each_undefined_cell_on_one_line(tmp_path: Path, capsys: pyt
         bpp, metrics = curves[("x265", seq)]
         curves[("x265", seq)] = (bpp * 100, metrics)
     root = _write_results(tmp_path / "runs", _results(curves))
-    assert main(["--results", str(root), "--out", str(tmp_path / "out")]) == 0
+    assert main(["--results", str(root), "--out", str(tmp_path / "out"), "--fid", "mean"]) == 0
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if "do not overlap" in line]
     assert len(lines) == len(METRICS) * len(BPP)  # one per sequence and metric, none deduplicated
@@ -233,7 +248,7 @@ def test_cli_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     root = _write_results(tmp_path / "runs", _results())
-    assert main(["--results", str(root), "--out", str(tmp_path / "out"), "--wandb"]) == 0
+    assert main(["--results", str(root), "--out", str(tmp_path / "out"), "--wandb", "--fid", "mean"]) == 0
     run_files = tmp_path / "out" / "wandb"
     assert list(run_files.glob("offline-run-*/files/media/table/table1_*.table.json"))
     assert list(run_files.glob("offline-run-*/files/media/table/rd/points_*.table.json"))
@@ -246,14 +261,23 @@ def _numpy_fid(real: np.ndarray, fake: np.ndarray) -> float:
     return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r + cov_f - 2 * root))
 
 
-def _write_stats_results(root: Path) -> dict[tuple[str, str, int], tuple[float, np.ndarray, np.ndarray]]:
-    """Two codecs x two sequences x four rate points with random features saved as fid_stats.npz."""
+STATS_CODECS = (("divinr", 1.0, ("A", "B")), ("x265", 1.6, ("A", "B")))
+
+
+def _write_stats_results(
+    root: Path, codecs: tuple[tuple[str, float, tuple[str, ...]], ...] = STATS_CODECS
+) -> dict[tuple[str, str, int], tuple[float, np.ndarray, np.ndarray]]:
+    """Codecs (name, noise scale, sequences) x four rate points with random features saved as fid_stats.npz.
+
+    Codecs draw their features in order, so adding one at the end leaves the others' points unchanged.
+    """
     g = np.random.default_rng(0)
+    reals = {seq: g.normal(size=(40, 4)) + (3.0 if seq == "B" else 0.0) for seq in BPP}
     points = {}
-    for codec, scale in (("divinr", 1.0), ("x265", 1.6)):
-        for seq, bpp in BPP.items():
-            real = g.normal(size=(40, 4)) + (3.0 if seq == "B" else 0.0)
-            for i, rate in enumerate(bpp):
+    for codec, scale, sequences in codecs:
+        for seq in sequences:
+            real = reals[seq]
+            for i, rate in enumerate(BPP[seq]):
                 fake = real + g.normal(scale=scale * 0.8 / (i + 1), size=real.shape) + 0.5 * scale / (i + 1)
                 run_dir = root / codec / seq / f"r{i}"
                 stats = FeatureStats.empty(4), FeatureStats.empty(4)
@@ -263,47 +287,166 @@ def _write_stats_results(root: Path) -> dict[tuple[str, str, int], tuple[float, 
                 result = RunResult(
                     codec=codec, label=codec, dataset="uvg", sequence=seq, rate_point=f"r{i}", bpp=float(rate),
                     metrics={"psnr": 30.0 + 4 * i - scale, "fid": _numpy_fid(real, fake)},
-                    config={"fid_stats": FID_STATS_NAME},
+                    frames=FRAMES, width=WIDTH, height=HEIGHT, config={"fid_stats": FID_STATS_NAME},
                 )
                 write_result(result, run_dir)
                 points[(codec, seq, i)] = (float(rate), real, fake)
     return points
 
 
+def _pooled_curve(points: dict, codec: str, sequences: tuple[str, ...]) -> tuple[list[float], list[float]]:
+    """Mean bpp and the FID of all sequences' features pooled, per rate point (computed independently)."""
+    bpp = [np.mean([points[(codec, s, i)][0] for s in sequences]) for i in range(4)]
+    fid = [
+        _numpy_fid(*(np.concatenate([points[(codec, s, i)][k] for s in sequences]) for k in (1, 2)))
+        for i in range(4)
+    ]
+    return bpp, fid
+
+
+def _expected_bd(anchor: tuple[list[float], list[float]], test: tuple[list[float], list[float]]) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(bjontegaard.bd_psnr(*anchor, *test, "akima"))
+
+
+def _remove_stats(root: Path, codec: str, sequence: str, rate_point: str) -> None:
+    run_dir = root / codec / sequence / rate_point
+    (run_dir / FID_STATS_NAME).unlink()
+    stored = read_result(run_dir / "results.json")
+    stored.config = {}
+    write_result(stored, run_dir)
+
+
 def test_table1_uses_pooled_fid_when_every_point_has_stats(tmp_path: Path) -> None:
     points = _write_stats_results(tmp_path / "runs")
     table, _ = run_table1(tmp_path / "runs", tmp_path / "out")
-    assert table.fid == "pooled"
+    assert table.fid == "pooled" and table.columns[("uvg", "fid")].method == "pooled"
     cell = table.cells[("x265", "uvg", "fid")]
-    assert cell.basis == "pooled"
-
-    def curve(codec: str) -> tuple[list[float], list[float]]:
-        bpp = [np.mean([points[(codec, s, i)][0] for s in BPP]) for i in range(4)]
-        fid = [
-            _numpy_fid(*(np.concatenate([points[(codec, s, i)][k] for s in BPP]) for k in (1, 2))) for i in range(4)
-        ]
-        return bpp, fid
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        expected = bjontegaard.bd_psnr(*curve("divinr"), *curve("x265"), "akima")
-    assert cell.value == pytest.approx(expected, rel=1e-6)
-    assert "pooled per-dataset FID" in (tmp_path / "out" / "table1.md").read_text()
+    assert cell.basis == "pooled" and cell.sequences == ("A", "B")
+    both = ("A", "B")
+    assert cell.value == pytest.approx(_expected_bd(_pooled_curve(points, "divinr", both),
+                                                    _pooled_curve(points, "x265", both)), rel=1e-6)
+    assert "FID: pooled, BD between dataset curves" in (tmp_path / "out" / "table1.md").read_text()
 
     mean, _ = run_table1(tmp_path / "runs", tmp_path / "out", fid="mean")
-    assert mean.fid == "mean" and mean.cells[("x265", "uvg", "fid")].basis == "sequences"
-    assert "per-sequence FID" in to_markdown(mean)
+    assert mean.fid == "mean" and mean.cells[("x265", "uvg", "fid")].basis == "per-sequence"
+    assert "PSNR, FID: per-sequence, BD on each of divinr's 2 sequences (A, B), then the mean" in to_markdown(mean)
 
 
-def test_table1_falls_back_to_mean_fid_without_stats(tmp_path: Path) -> None:
+def test_column_methods_are_recorded_in_json_csv_and_caption(tmp_path: Path) -> None:
     _write_stats_results(tmp_path / "runs")
-    (tmp_path / "runs" / "x265" / "B" / "r2" / FID_STATS_NAME).unlink()
-    result = tmp_path / "runs" / "x265" / "B" / "r2" / "results.json"
-    stored = read_result(result)
-    stored.config = {}
-    write_result(stored, result.parent)
-    with pytest.warns(RDWarning, match="mean of per-sequence FIDs"):
+    run_table1(tmp_path / "runs", tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "table1.json").read_text())
+    assert [(c["metric"], c["method"], c["sequences"]) for c in data["columns"]] == [
+        ("psnr", "per-sequence", ["A", "B"]), ("lpips", "per-sequence", []), ("dists", "per-sequence", []),
+        ("fid", "pooled", ["A", "B"]),
+    ]
+    fid_cell = next(c for c in data["cells"] if c["codec"] == "x265" and c["metric"] == "fid")
+    assert fid_cell["basis"] == "pooled" and fid_cell["sequences"] == ["A", "B"]
+    assert next(c for c in data["cells"] if c["metric"] == "lpips")["value"] is None  # NaN is null
+    with (tmp_path / "out" / "table1.csv").open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert (row["uvg_psnr_bd"], row["uvg_lpips_bd"], row["uvg_fid_bd"]) == ("per-sequence", "missing", "pooled")
+    caption = (tmp_path / "out" / "table1.md").read_text().splitlines()[0]
+    assert caption == data["caption"]
+    assert "UVG PSNR: per-sequence, BD on each of divinr's 2 sequences (A, B), then the mean; " in caption
+    assert "LPIPS, DISTS: per-sequence, no divinr values; FID: pooled" in caption
+
+
+def test_an_imported_fid_point_does_not_change_the_fid_column(tmp_path: Path) -> None:
+    _write_stats_results(tmp_path / "runs")
+    alone, _ = run_table1(tmp_path / "runs", tmp_path / "out")
+    rows = [
+        f"DCVC-FM,UVG,{seq},{b},{30 + 3 * i},{60 - 10 * i},{WIDTH},{HEIGHT},{FRAMES},Fig. 4,Li et al. 2024"
+        for seq in BPP for i, b in enumerate(BPP[seq] * 1.1)
+    ]
+    csv_path = _imported_csv(tmp_path / "dcvc.csv", rows)
+    with pytest.warns(BDWarning, match="DCVC-FM vs divinr on UVG, fid: .*cannot be pooled"):
+        table, _ = run_table1(tmp_path / "runs", tmp_path / "out2", imported=[csv_path])
+    assert table.fid == "pooled" and table.columns[("uvg", "fid")].method == "pooled"
+    assert table.cells[("x265", "uvg", "fid")] == alone.cells[("x265", "uvg", "fid")]
+    dcvc = table.cells[("DCVC-FM", "uvg", "fid")]
+    assert dcvc.basis == "no-stats" and math.isnan(dcvc.value)
+    assert table.cells[("DCVC-FM", "uvg", "psnr")].basis == "per-sequence"
+    markdown = to_markdown(table)
+    assert "| n/a\u2021 |" in markdown and "\u2021 no FID statistics for this codec" in markdown
+
+
+def test_pooled_fid_needs_the_anchors_stats_and_marks_other_codecs_without(tmp_path: Path) -> None:
+    _write_stats_results(tmp_path / "runs")
+    _remove_stats(tmp_path / "runs", "x265", "B", "r2")
+    with pytest.warns(BDWarning, match="x265 vs divinr on UVG, fid: .*no FID statistics"):
         table, _ = run_table1(tmp_path / "runs", tmp_path / "out")
-    assert table.fid == "mean"
-    with pytest.raises(DivinrError, match="no FID statistics"):
-        run_table1(tmp_path / "runs", tmp_path / "out", fid="pooled")
+    assert table.fid == "pooled" and table.cells[("x265", "uvg", "fid")].basis == "no-stats"
+    assert table.cells[("x265", "uvg", "psnr")].basis == "per-sequence"
+    _remove_stats(tmp_path / "runs", "divinr", "A", "r0")
+    with pytest.raises(DivinrError, match="FID points of divinr have no FID statistics.*use --fid mean"):
+        run_table1(tmp_path / "runs", tmp_path / "out")
+    mean, _ = run_table1(tmp_path / "runs", tmp_path / "out", fid="mean")
+    assert mean.cells[("x265", "uvg", "fid")].basis == "per-sequence"
+
+
+def test_every_codec_of_a_column_covers_the_anchors_sequences(tmp_path: Path) -> None:
+    """A codec with fewer sequences neither shrinks the others' cells nor hides it: it is marked partial."""
+    baseline = _write_stats_results(tmp_path / "two")
+    points = _write_stats_results(tmp_path / "three", (*STATS_CODECS, ("hinerv", 1.3, ("A",))))
+    assert all(points[k][0] == baseline[k][0] and np.array_equal(points[k][2], baseline[k][2]) for k in baseline)
+    two, _ = run_table1(tmp_path / "two", tmp_path / "out2")
+    with pytest.warns(BDWarning, match="hinerv lacks B of the column's sequences"):
+        three, _ = run_table1(tmp_path / "three", tmp_path / "out3")
+    for metric in ("psnr", "fid"):
+        assert three.cells[("x265", "uvg", metric)] == two.cells[("x265", "uvg", metric)]
+        assert three.cells[("hinerv", "uvg", metric)].basis == "partial"
+        assert three.cells[("hinerv", "uvg", metric)].sequences == ("A",)
+    # The partial pooled cell compares like with like: the anchor pooled over the same sequence only.
+    expected = _expected_bd(_pooled_curve(points, "divinr", ("A",)), _pooled_curve(points, "hinerv", ("A",)))
+    assert three.cells[("hinerv", "uvg", "fid")].value == pytest.approx(expected, rel=1e-6)
+    markdown = to_markdown(three)
+    assert "\u2020 hinerv, UVG PSNR, FID: the column's method on the sequences both codecs have; hinerv lacks B." in (
+        markdown)
+    hinerv_row = next(line for line in markdown.splitlines() if line.startswith("| hinerv |"))
+    assert hinerv_row.count("\u2020") == 2
+
+
+def test_imported_geometry_must_match_the_measured_points(tmp_path: Path) -> None:
+    root = _write_results(tmp_path / "runs", _results())
+    seq_row = "DCVC-FM,UVG,A,{b},{p},,{w},{h},{f},Table 3,Li et al. 2024"
+    good = [seq_row.format(b=b, p=26 + 2 * i, w=WIDTH, h=HEIGHT, f=FRAMES) for i, b in enumerate(BPP["A"])]
+    table, _ = run_table1(root, tmp_path / "out", imported=[_imported_csv(tmp_path / "good.csv", good)], fid="mean")
+    assert table.cells[("DCVC-FM", "uvg", "psnr")].basis == "partial"  # measured on A only
+
+    hd = [seq_row.format(b=b, p=26 + 2 * i, w=1920, h=1080, f=FRAMES) for i, b in enumerate(BPP["A"])]
+    with pytest.raises(DivinrError) as info:
+        run_table1(root, tmp_path / "out", imported=[_imported_csv(tmp_path / "hd.csv", hd)], fid="mean")
+    message = str(info.value)
+    assert "imported DCVC-FM point UVG/A" in message and "8 frames of 1920x1080" in message
+    assert "measured points of UVG/A are 8 frames of 64x32" in message and "\n" not in message
+
+    average = [f"Relic,UVG,average,{b},{26 + 2 * i},,{WIDTH},{HEIGHT},600,Fig. 5,Relic et al. 2025"
+               for i, b in enumerate(BPP["A"])]
+    with pytest.raises(DivinrError, match=r"imported Relic point UVG/average .* is 600 frames of 64x32 in all but "
+                                          r"divinr's 2 measured UVG sequences are 16 frames of 64x32"):
+        run_table1(root, tmp_path / "out", imported=[_imported_csv(tmp_path / "avg.csv", average)], fid="mean")
+
+
+def test_imported_points_require_their_geometry(tmp_path: Path) -> None:
+    header = "codec,dataset,sequence,bpp,psnr,source,reference"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{header}\nDCVC-FM,UVG,average,0.01,33,Fig. 5,Li 2024\n")
+    with pytest.raises(AnchorError, match="row 2: missing geometry 'width'; every point must give width, height"):
+        load_imported_points(bad)
+    for width, problem in (("1024x576", "is not a whole number"), ("0", "must be positive"), ("7.5", "whole")):
+        bad.write_text(f"{header},width,height,frames\nDCVC-FM,UVG,average,0.01,33,Fig. 5,Li 2024,{width},576,96\n")
+        with pytest.raises(AnchorError, match=f"row 2: width '{re.escape(width)}' .*{problem}"):
+            load_imported_points(bad)
+    shared = {"source": "Table 2", "reference": "Li 2024", "width": 1024, "height": 576, "frames": 600,
+              "points": [{"codec": "DCVC-FM", "dataset": "UVG", "sequence": "Beauty", "bpp": 0.01},
+                         {"codec": "DCVC-FM", "dataset": "UVG", "sequence": "ShakeNDry", "bpp": 0.01, "frames": 300}]}
+    (tmp_path / "pts.json").write_text(json.dumps(shared))
+    first, second = load_imported_points(tmp_path / "pts.json")
+    assert (first.width, first.height, first.frames, second.frames) == (1024, 576, 600, 300)
+    shared["width"] = True
+    (tmp_path / "pts.json").write_text(json.dumps(shared))
+    with pytest.raises(AnchorError, match="point 1: width True is not a whole number"):
+        load_imported_points(tmp_path / "pts.json")

@@ -11,10 +11,17 @@ quality is taken from the programs' own logs::
 Every codec reads the same 8-bit RGB file, so all of them (and divinr) are scored against
 identical input; colour conversion to the codec's YUV format happens inside the codec's own
 command line and is undone with the same matrix on decode.
+
+The rgb24 file is often a temporary one, so a point's recorded commands begin, when the file's
+:class:`VideoSource` is known, with the command that rebuilds it from the source video: the
+record then reruns as it stands.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
+import json
 import os
 import shlex
 import subprocess
@@ -27,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from divinr.data.video import rgb_levels
+from divinr.data.video import Video, read_video, rgb_levels
 from divinr.errors import BitstreamError, DivinrError, VideoFormatError
 
 
@@ -40,6 +47,58 @@ class MissingToolError(AnchorError):
 
 
 @dataclass(frozen=True)
+class VideoSource:
+    """A video file and the :func:`divinr.data.video.read_video` arguments that give a codec's frames.
+
+    The frames an anchor is scored on come from divinr's reader (BT.709 at the file's range,
+    antialiased resize), which no ffmpeg command line reproduces sample for sample; so the
+    command recorded for the rgb24 input runs that reader (:meth:`command`).
+
+    Attributes:
+        path: the video file (made absolute).
+        read_kwargs: keyword arguments of ``read_video``, plain literals (ints, floats, bools,
+            strings, tuples, None) so the recorded command can spell them.
+    """
+
+    path: Path
+    read_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path).resolve())
+        try:
+            inspect.signature(read_video).bind(self.path, **self.read_kwargs)
+        except TypeError as exc:
+            raise VideoFormatError(
+                f"read arguments {self.read_kwargs!r} do not fit read_video ({exc}); pass only its keyword arguments"
+            ) from None
+        for key, value in self.read_kwargs.items():
+            try:
+                literal = ast.literal_eval(repr(value)) == value
+            except (ValueError, SyntaxError):
+                literal = False
+            if not literal:
+                raise VideoFormatError(
+                    f"read argument {key}={value!r} cannot be written into a command; pass a plain literal"
+                )
+
+    def read(self) -> Video:
+        """Read the frames exactly as :meth:`command` will."""
+        return read_video(self.path, **self.read_kwargs)
+
+    def command(self, out: Path) -> str:
+        """The shell command that writes these frames as the rgb24 file ``out``."""
+        # JSON strings are Python literals too, and their double quotes need no shell escaping.
+        args = ", ".join([json.dumps(str(self.path)), *(f"{k}={v!r}" for k, v in self.read_kwargs.items())])
+        # The input's folder is temporary: the command recreates it.
+        code = (
+            "import pathlib; from divinr.anchors import write_raw_rgb; from divinr.data.video import read_video; "
+            f"out = pathlib.Path({json.dumps(str(out))}); out.parent.mkdir(parents=True, exist_ok=True); "
+            f"write_raw_rgb(read_video({args}).frames, out)"
+        )
+        return shlex.join(["python", "-c", code])
+
+
+@dataclass(frozen=True)
 class RawVideo:
     """An rgb24 file (frame after frame, row-major, interleaved RGB) that every codec reads.
 
@@ -48,12 +107,15 @@ class RawVideo:
         num_frames: number of frames in it.
         width: frame width in pixels.
         height: frame height in pixels.
+        source: the video the frames were read from, when known; its command is recorded
+            before a point's codec commands.
     """
 
     path: Path
     num_frames: int
     width: int
     height: int
+    source: VideoSource | None = None
 
     @property
     def num_pixels(self) -> int:
@@ -61,12 +123,14 @@ class RawVideo:
         return self.num_frames * self.width * self.height
 
 
-def write_raw_rgb(frames: torch.Tensor, path: Path) -> RawVideo:
+def write_raw_rgb(frames: torch.Tensor, path: Path, source: VideoSource | None = None) -> RawVideo:
     """Quantise frames to 8 bits and write them as one rgb24 file.
 
     Args:
         frames: (T, 3, H, W) float tensor with values in [0, 1].
         path: where to write.
+        source: where ``frames`` were read from (``source.read().frames``); pass it when
+            the file is temporary, so every point coded from it records how to rebuild it.
 
     Returns:
         The file's description; read it back with :func:`read_raw_rgb` to get the exact
@@ -87,7 +151,7 @@ def write_raw_rgb(frames: torch.Tensor, path: Path) -> RawVideo:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels.permute(0, 2, 3, 1).contiguous().numpy().tofile(path)
-    return RawVideo(path=path, num_frames=t, width=w, height=h)
+    return RawVideo(path=path, num_frames=t, width=w, height=h, source=source)
 
 
 def check_raw_size(path: Path, num_frames: int, width: int, height: int) -> None:
@@ -134,7 +198,8 @@ class RDPoint:
         bits: size of the elementary stream in bits (file size * 8, no container).
         bpp: ``bits / (num_frames * width * height)``.
         num_frames, width, height: the coded video's geometry.
-        commands: the exact command lines run, in order.
+        commands: the exact command lines, in order: the one that rebuilds the rgb24 input
+            from its source video (when :attr:`RawVideo.source` is known), then those run.
         encode_seconds: wall time of the encode command(s), colour conversion included.
         decode_seconds: wall time of the decode command(s), colour conversion included.
         bitstream_path: the elementary stream.
@@ -316,6 +381,7 @@ class ReferenceCodec(ABC):
             raise AnchorError(f"{self.name} wrote an empty bitstream for {param}; this rate point is not usable")
         decode_seconds, decode_cmds = self.decode(raw, bitstream, decoded)
         bits = os.path.getsize(bitstream) * 8
+        rebuild = [] if raw.source is None else [raw.source.command(raw.path)]
         point = RDPoint(
             codec=self.name,
             label=self.label(),
@@ -325,7 +391,7 @@ class ReferenceCodec(ABC):
             num_frames=raw.num_frames,
             width=raw.width,
             height=raw.height,
-            commands=[shlex.join(cmd) for cmd in encode_cmds + decode_cmds],
+            commands=[*rebuild, *(shlex.join(cmd) for cmd in encode_cmds + decode_cmds)],
             encode_seconds=encode_seconds,
             decode_seconds=decode_seconds,
             bitstream_path=str(bitstream),

@@ -9,22 +9,33 @@ Which binary
     and decoder lists rather than trusting a version number.
 
 Colour conversion (identical for every anchor)
-    Input is the shared rgb24 file. RGB -> Y'CbCr uses the BT.709 matrix, limited ("tv") range,
-    done by FFmpeg's swscale inside the encode command; decode undoes it with the same matrix
-    and range. ``accurate_rnd+full_chroma_int+full_chroma_inp`` matters: without it swscale's
-    fast paths cost a 10-bit 4:2:0 round trip about 10 dB (42 dB instead of 52 dB on a 128x72
-    bikes clip, with no codec at all), which would wrongly penalise the anchor.
+    Input is the shared rgb24 file. RGB -> Y'CbCr uses the BT.709 matrix in full ("pc") range by
+    default, done by FFmpeg's swscale inside the encode command; decode undoes it with the same
+    matrix and range. Full range is the convention the benchmark sequences are read with
+    (:data:`divinr.data.datasets.FULL_RANGE`, BT.709 as CompressAI and DCVC convert them), so a
+    sequence goes YUV -> RGB -> YUV with one range end to end; swscale's full-range codes are
+    those of :func:`divinr.data.video.rgb_to_yuv420` (``Y = 255 Y'``, ``Cb = 128 + 255 Pb``)
+    within one code value. ``yuv_range="limited"`` selects the "tv" range instead; the range is
+    a constructor argument (so it is part of a result's recorded settings) and appears in every
+    recorded command as ``out_range=`` / ``in_range=``. ``accurate_rnd+full_chroma_int+full_chroma_inp``
+    matters: without it swscale's fast paths cost a 10-bit 4:2:0 round trip about 10 dB (42 dB
+    instead of 52 dB on a 128x72 bikes clip, with no codec at all), which would wrongly penalise
+    the anchor.
 
 Rate
     The elementary stream is written raw (``-f hevc`` Annex B, ``-f vvc`` raw .266) and
-    its size in bytes * 8 is the rate: no container. x265's "info" SEI (its full option string,
-    about 2.2 kB, repeated at keyframes) is switched off with ``info=0``; it carries nothing a
-    decoder needs and would otherwise dominate the rate at 0.01 bpp.
+    its size in bytes * 8 is the rate: no container. x265 writes an "info" SEI (its full option
+    string, about 2.2 kB) at every keyframe; the paper's command line keeps it, and so does the
+    default here. ``strip_sei=True`` adds ``info=0`` to drop it (about 0.0019 bpp on a
+    600-frame 1024x576 sequence, a large share of a 0.005-0.01 bpp point): such points carry
+    ``"sei": "stripped"`` in their rate parameter (folder ``qp37_seistripped``), the label
+    says "info SEI stripped", and the command shows ``info=0``, so they never pass for the
+    paper's anchor.
 
 HEVC: ``X265Codec``
     ``-pix_fmt yuv444p -c:v libx265 -preset veryslow -x265-params
-    keyint=16:min-keyint=16:scenecut=0:info=0:qp=Q`` (BENCHMARKS.md, from the paper: 4:4:4,
-    GoP 16), fixed-QP sweep, or ``crf`` instead of ``qp``. x265's default open GOP is kept: the
+    keyint=16:min-keyint=16:scenecut=0:qp=Q`` (BENCHMARKS.md, from the paper: 4:4:4, GoP 16),
+    fixed-QP sweep, or ``crf`` instead of ``qp``. x265's default open GOP is kept: the
     first keyframe is an IDR, later ones are CRA pictures with RASL leading pictures. Even QP 51
     may stay above the target rates on busy footage: the sweep reports the lowest reachable
     rate and never extrapolates.
@@ -69,14 +80,52 @@ from divinr.anchors.base import MissingToolError, RawVideo, ReferenceCodec
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 
 SWS_FLAGS = "accurate_rnd+full_chroma_int+full_chroma_inp"
-RGB_TO_YUV_FILTER = f"scale=out_color_matrix=bt709:out_range=tv:flags={SWS_FLAGS}"
-YUV_TO_RGB_FILTER = f"scale=in_color_matrix=bt709:in_range=tv:flags={SWS_FLAGS}"
+#: Y'CbCr ranges an anchor can code in, with swscale's names for them.
+YUV_RANGES = {"full": "pc", "limited": "tv"}
 FFMPEG_QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 
 X265_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )
 VVENC_PRESETS = ("faster", "fast", "medium", "slow", "slower")
+
+
+def check_yuv_range(yuv_range: str) -> None:
+    """Raise :class:`PresetError` unless ``yuv_range`` is a key of :data:`YUV_RANGES`."""
+    if yuv_range not in YUV_RANGES:
+        raise unknown_choice("YUV range", yuv_range, tuple(YUV_RANGES))
+
+
+def rgb_to_yuv_filter(yuv_range: str) -> str:
+    """The ``-vf`` filter that turns the rgb24 input into BT.709 Y'CbCr of ``yuv_range``."""
+    return f"scale=out_color_matrix=bt709:out_range={YUV_RANGES[yuv_range]}:flags={SWS_FLAGS}"
+
+
+def yuv_to_rgb_filter(yuv_range: str) -> str:
+    """The ``-vf`` filter that undoes :func:`rgb_to_yuv_filter` on decoded Y'CbCr."""
+    return f"scale=in_color_matrix=bt709:in_range={YUV_RANGES[yuv_range]}:flags={SWS_FLAGS}"
+
+
+def rgb_to_yuv_args(raw: RawVideo, yuv_range: str, pix_fmt: str, fps: float | None = None) -> list[str]:
+    """FFmpeg arguments that read the shared rgb24 file and convert it to ``pix_fmt``.
+
+    Every anchor's codec input is made by these arguments (inside the x265/VVenC encode command,
+    or as the command writing VTM's YUV file), so they all convert the same way.
+
+    Args:
+        raw: the rgb24 input.
+        yuv_range: a key of :data:`YUV_RANGES`.
+        pix_fmt: the codec's input format, e.g. ``"yuv444p"``.
+        fps: frame rate to signal (None: FFmpeg's default, for raw YUV outputs).
+
+    Returns:
+        The arguments, from ``-f rawvideo`` to ``-pix_fmt <pix_fmt>``.
+    """
+    rate = [] if fps is None else ["-r", f"{fps:g}"]
+    return [
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{raw.width}x{raw.height}", *rate, "-i", str(raw.path),
+        "-vf", rgb_to_yuv_filter(yuv_range), "-pix_fmt", pix_fmt,
+    ]
 
 
 def system_ffmpeg() -> str:
@@ -168,7 +217,9 @@ class FFmpegCodec(ReferenceCodec):
     version_pattern: ClassVar[str]
     max_qp: ClassVar[int]
 
-    def __init__(self, ffmpeg: str | Path | None, qps: list[int]) -> None:
+    def __init__(self, ffmpeg: str | Path | None, qps: list[int], yuv_range: str) -> None:
+        check_yuv_range(yuv_range)
+        self.yuv_range = yuv_range
         self._ffmpeg = None if ffmpeg is None else str(ffmpeg)
         if not qps or any(not isinstance(q, int) or not 0 <= q <= self.max_qp for q in qps):
             raise PresetError(
@@ -208,10 +259,7 @@ class FFmpegCodec(ReferenceCodec):
 
     def _encode(self, raw: RawVideo, fps: float, param: dict[str, Any], bitstream: Path) -> list[list[str]]:
         return [[
-            self.ffmpeg, *FFMPEG_QUIET,
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{raw.width}x{raw.height}", "-r", f"{fps:g}",
-            "-i", str(raw.path),
-            "-vf", RGB_TO_YUV_FILTER, "-pix_fmt", self.yuv_pix_fmt,
+            self.ffmpeg, *FFMPEG_QUIET, *rgb_to_yuv_args(raw, self.yuv_range, self.yuv_pix_fmt, fps),
             "-c:v", self.encoder, *self._codec_args(param),
             "-f", self.stream_format, str(bitstream),
         ]]
@@ -220,7 +268,7 @@ class FFmpegCodec(ReferenceCodec):
         # passthrough: never let ffmpeg duplicate or drop frames to meet a guessed frame rate.
         return [[
             self.ffmpeg, *FFMPEG_QUIET, "-f", self.stream_format, "-i", str(bitstream),
-            "-vf", YUV_TO_RGB_FILTER, "-pix_fmt", "rgb24", "-fps_mode", "passthrough",
+            "-vf", yuv_to_rgb_filter(self.yuv_range), "-pix_fmt", "rgb24", "-fps_mode", "passthrough",
             "-f", "rawvideo", str(decoded),
         ]]
 
@@ -232,6 +280,9 @@ class X265Codec(FFmpegCodec):
         preset: x265 preset (the paper: ``"veryslow"``).
         keyint: keyframe interval in frames (the paper: 16).
         qps: the default QP sweep, lowest rate first.
+        strip_sei: drop x265's info SEI (``info=0``, not in the paper's command line); every
+            rate point then carries :data:`STRIPPED_SEI` so it cannot pass for a paper point.
+        yuv_range: ``"full"`` (the benchmark sequences' range) or ``"limited"``.
         ffmpeg: an ffmpeg binary with libx265; None for the one on PATH.
     """
 
@@ -244,41 +295,65 @@ class X265Codec(FFmpegCodec):
     install_hint = "install Debian's ffmpeg with 'apt-get install ffmpeg' or pass ffmpeg= a build with libx265"
     version_pattern = r"HEVC encoder version (\S+)"
     max_qp = 51
+    #: The rate-parameter entry of a point coded without the info SEI.
+    STRIPPED_SEI: ClassVar[dict[str, str]] = {"sei": "stripped"}
 
     def __init__(
         self,
         preset: str = "veryslow",
         keyint: int = 16,
         qps: list[int] | None = None,
+        strip_sei: bool = False,
+        yuv_range: str = "full",
         ffmpeg: str | Path | None = None,
     ) -> None:
-        super().__init__(ffmpeg, [51, 47, 43, 39, 35, 31, 27, 23] if qps is None else qps)
+        super().__init__(ffmpeg, [51, 47, 43, 39, 35, 31, 27, 23] if qps is None else qps, yuv_range)
         if preset not in X265_PRESETS:
             raise unknown_choice("x265 preset", preset, X265_PRESETS)
         if keyint < 1:
             raise PresetError(f"x265 keyint must be >= 1, got {keyint}")
+        if not isinstance(strip_sei, bool):
+            raise PresetError(f"x265 strip_sei must be true or false, got {strip_sei!r}")
         self.preset = preset
         self.keyint = keyint
+        self.strip_sei = strip_sei
 
     def _default_ffmpeg(self) -> str:
         return system_ffmpeg()
 
+    def _sei_entry(self) -> dict[str, str]:
+        return dict(self.STRIPPED_SEI) if self.strip_sei else {}
+
     def label(self) -> str:
-        return f"HEVC (x265 {self.library_version()}, {self.preset}, 4:4:4, GoP {self.keyint})"
+        sei = ", info SEI stripped" if self.strip_sei else ""
+        return f"HEVC (x265 {self.library_version()}, {self.preset}, 4:4:4, GoP {self.keyint}{sei})"
+
+    def default_params(self) -> list[dict[str, Any]]:
+        return [{"qp": qp, **self._sei_entry()} for qp in self.qps]
 
     def validate_param(self, param: dict[str, Any]) -> None:
-        if len(param) != 1 or next(iter(param)) not in ("qp", "crf"):
+        rate = {k: v for k, v in param.items() if k not in self.STRIPPED_SEI}
+        if len(rate) != 1 or next(iter(rate)) not in ("qp", "crf"):
             raise PresetError(f"x265 rate point {param!r} must be {{'qp': int}} or {{'crf': number}}")
-        key, value = next(iter(param.items()))
+        key, value = next(iter(rate.items()))
         if key == "qp" and not (isinstance(value, int) and 0 <= value <= 51):
             raise PresetError(f"x265 qp must be an integer in [0, 51], got {value!r}")
         if key == "crf" and not (isinstance(value, (int, float)) and 0 <= value <= 51):
             raise PresetError(f"x265 crf must be a number in [0, 51], got {value!r}")
+        expected = {**rate, **self._sei_entry()}
+        if param != expected:
+            # The parameter names the point's folder and record: it must say whether the SEI is there.
+            action = "strips" if self.strip_sei else "keeps"
+            raise PresetError(
+                f"x265 rate point {param!r} does not match this codec, which {action} the info SEI "
+                f"(strip_sei={self.strip_sei}); pass {expected!r}"
+            )
 
     def _codec_args(self, param: dict[str, Any]) -> list[str]:
-        key, value = next(iter(param.items()))
+        key = "qp" if "qp" in param else "crf"
         k = self.keyint
-        return ["-preset", self.preset, "-x265-params", f"keyint={k}:min-keyint={k}:scenecut=0:info=0:{key}={value}"]
+        info = "info=0:" if self.strip_sei else ""
+        return ["-preset", self.preset, "-x265-params", f"keyint={k}:min-keyint={k}:scenecut=0:{info}{key}={param[key]}"]
 
 
 class VVenCCodec(FFmpegCodec):
@@ -289,6 +364,7 @@ class VVenCCodec(FFmpegCodec):
         intra_period: frames between IDR pictures; a multiple of the GOP size 16.
         qps: the default QP sweep, lowest rate first.
         perceptual_qpa: keep VVenC's perceptual QP adaptation (off: QP sets quality as in VTM).
+        yuv_range: ``"full"`` (the benchmark sequences' range) or ``"limited"``.
         ffmpeg: an ffmpeg binary with libvvenc and the vvc decoder; None for imageio-ffmpeg's.
     """
 
@@ -309,9 +385,10 @@ class VVenCCodec(FFmpegCodec):
         intra_period: int = 16,
         qps: list[int] | None = None,
         perceptual_qpa: bool = False,
+        yuv_range: str = "full",
         ffmpeg: str | Path | None = None,
     ) -> None:
-        super().__init__(ffmpeg, [52, 47, 42, 37, 32, 27, 22, 17] if qps is None else qps)
+        super().__init__(ffmpeg, [52, 47, 42, 37, 32, 27, 22, 17] if qps is None else qps, yuv_range)
         if preset not in VVENC_PRESETS:
             raise unknown_choice("VVenC preset", preset, VVENC_PRESETS)
         if intra_period < self.gop_size or intra_period % self.gop_size:

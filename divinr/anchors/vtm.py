@@ -3,7 +3,7 @@
 VTM is not packaged anywhere installable, so it runs only when the user points this class at
 their own build (VTM-23.11 in the paper) and at ``cfg/encoder_lowdelay_P_vtm.cfg``::
 
-    input.rgb --ffmpeg (BT.709 tv, 10-bit)--> input.yuv --EncoderApp--> stream.bin
+    input.rgb --ffmpeg (BT.709 full range, 10-bit)--> input.yuv --EncoderApp--> stream.bin
     stream.bin --DecoderApp (-d 10)--> rec.yuv --ffmpeg (same matrix)--> decoded.rgb
 
 The cfg is a GOP of 8 P pictures with ``IntraPeriod -1``; ``--IntraPeriod=16`` adds an intra
@@ -11,7 +11,8 @@ picture every 16 frames and ``--DecodingRefreshType=2`` makes each one an IDR, a
 conditions do. The chroma format is a parameter because the paper does not say which:
 ``--InputChromaFormat`` and ``--ChromaFormatIDC`` are both set to ``"420"`` (default, VTM's
 usual test condition) or ``"444"`` (as the x265 anchor). Input and output are
-10-bit so the RGB conversion is the same one the VVenC anchor uses. No reconstruction file is
+10-bit so the RGB conversion is the same one the VVenC anchor uses (full range by default, the
+benchmark sequences' range; see :mod:`divinr.anchors.ffmpeg`). No reconstruction file is
 written by the encoder (``-o`` is omitted): the decoder's output is what gets scored.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from divinr.anchors.base import MissingToolError, RawVideo, ReferenceCodec
-from divinr.anchors.ffmpeg import FFMPEG_QUIET, RGB_TO_YUV_FILTER, YUV_TO_RGB_FILTER, bundled_ffmpeg
+from divinr.anchors.ffmpeg import FFMPEG_QUIET, bundled_ffmpeg, check_yuv_range, rgb_to_yuv_args, yuv_to_rgb_filter
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 
 _YUV_FORMATS = {"420": "yuv420p10le", "444": "yuv444p10le"}
@@ -40,6 +41,7 @@ class VTMCodec(ReferenceCodec):
         qps: the default QP sweep, lowest rate first.
         version: VTM version for the label, e.g. ``"23.11"`` (the apps are not run to ask).
         extra_args: further EncoderApp options, appended last (e.g. ``["--Level=4.1"]``).
+        yuv_range: ``"full"`` (the benchmark sequences' range) or ``"limited"``.
         ffmpeg: ffmpeg used for the RGB <-> YUV files; None for imageio-ffmpeg's.
     """
 
@@ -56,8 +58,10 @@ class VTMCodec(ReferenceCodec):
         qps: list[int] | None = None,
         version: str | None = None,
         extra_args: Sequence[str] = (),
+        yuv_range: str = "full",
         ffmpeg: str | Path | None = None,
     ) -> None:
+        check_yuv_range(yuv_range)
         if chroma_format not in _YUV_FORMATS:
             raise unknown_choice("VTM chroma format", chroma_format, tuple(_YUV_FORMATS))
         if intra_period < 1:
@@ -72,6 +76,7 @@ class VTMCodec(ReferenceCodec):
             self.validate_param({"qp": qp})
         self.version = version
         self.extra_args = list(extra_args)
+        self.yuv_range = yuv_range
         self._ffmpeg = None if ffmpeg is None else str(ffmpeg)
 
     @property
@@ -149,8 +154,7 @@ class VTMCodec(ReferenceCodec):
             raise VideoFormatError(f"4:2:0 needs even frame sizes, got {raw.width}x{raw.height}; crop or resize")
         yuv = self.scratch_files(bitstream)[0]
         to_yuv = [
-            self.ffmpeg, *FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{raw.width}x{raw.height}",
-            "-i", str(raw.path), "-vf", RGB_TO_YUV_FILTER, "-pix_fmt", _YUV_FORMATS[self.chroma_format],
+            self.ffmpeg, *FFMPEG_QUIET, *rgb_to_yuv_args(raw, self.yuv_range, _YUV_FORMATS[self.chroma_format]),
             "-f", "rawvideo", str(yuv),
         ]
         encode = self.encoder_command(yuv, raw.width, raw.height, raw.num_frames, fps, param["qp"], bitstream)
@@ -160,7 +164,7 @@ class VTMCodec(ReferenceCodec):
         rec = self.scratch_files(bitstream)[1]
         to_rgb = [
             self.ffmpeg, *FFMPEG_QUIET, "-f", "rawvideo", "-pix_fmt", _YUV_FORMATS[self.chroma_format],
-            "-s", f"{raw.width}x{raw.height}", "-i", str(rec), "-vf", YUV_TO_RGB_FILTER,
+            "-s", f"{raw.width}x{raw.height}", "-i", str(rec), "-vf", yuv_to_rgb_filter(self.yuv_range),
             "-pix_fmt", "rgb24", "-f", "rawvideo", str(decoded),
         ]
         return [self.decoder_command(bitstream, rec), to_rgb]

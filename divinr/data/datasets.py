@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from divinr.data.video import Video, read_video
 from divinr.errors import DivinrError, unknown_choice
@@ -312,6 +313,35 @@ def locate_sequence(dataset: str | DatasetInfo, sequence: str, root: str | Path 
     return check_dataset(dataset, root, (sequence,))[0]
 
 
+def sequence_source(
+    dataset: str | DatasetInfo,
+    sequence: str,
+    root: str | Path | None = None,
+    *,
+    width: int = 1024,
+    height: int = 576,
+    max_frames: int | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The file of a benchmark sequence and the ``read_video`` arguments that give its coded frames.
+
+    Separate from :func:`load_sequence` so that a recorded command can re-read the same frames.
+    """
+    info = get_dataset(dataset)
+    seq = info.sequence(sequence)
+    path = locate_sequence(info, seq.name, root)
+    if max_frames is not None and max_frames < 1:
+        raise DatasetError(f"max_frames must be >= 1 or None, got {max_frames}")
+    return path, {
+        "width": seq.width,
+        "height": seq.height,
+        "bit_depth": seq.bit_depth,
+        "fps": seq.fps,
+        "max_frames": max_frames,
+        "full_range": FULL_RANGE,
+        "resize": (width, height),
+    }
+
+
 def load_sequence(
     dataset: str | DatasetInfo,
     sequence: str,
@@ -337,18 +367,5 @@ def load_sequence(
     Returns:
         :class:`Video` with (T, 3, height, width) RGB in [0, 1] and the sequence's frame rate.
     """
-    info = get_dataset(dataset)
-    seq = info.sequence(sequence)
-    path = locate_sequence(info, seq.name, root)
-    if max_frames is not None and max_frames < 1:
-        raise DatasetError(f"max_frames must be >= 1 or None, got {max_frames}")
-    return read_video(
-        path,
-        width=seq.width,
-        height=seq.height,
-        bit_depth=seq.bit_depth,
-        fps=seq.fps,
-        max_frames=max_frames,
-        full_range=FULL_RANGE,
-        resize=(width, height),
-    )
+    path, kwargs = sequence_source(dataset, sequence, root, width=width, height=height, max_frames=max_frames)
+    return read_video(path, **kwargs)
