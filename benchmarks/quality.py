@@ -44,7 +44,7 @@ from divinr.inference.decoder import render_conditioning
 from divinr.inference.sampler import SamplerConfig, initial_noise, sample
 from divinr.metrics.bd import bd_metric
 from divinr.metrics.evaluate import evaluate_sequence
-from divinr.models.backbone import MASK_CHANNELS, load_backbone
+from divinr.models.backbone import MASK_CHANNELS, backbone_fingerprint, load_backbone
 from divinr.training.stages import paper_phases
 
 # (clip, width, height): bikes as the demo codes it; carphone, held out of pretraining, natively.
@@ -64,19 +64,31 @@ def _score(reference: torch.Tensor, decoded: torch.Tensor) -> dict[str, float | 
     return {m: scores.get(m) if m in metrics else None for m in METRICS}
 
 
-def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The point stored at ``path``, or ``compute()`` written there atomically."""
+def cached(path: Path, compute: Callable[[], dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """The point stored at ``path`` if it was made with ``settings``, else ``compute()`` written there
+    atomically: changed weights, epochs or anchor options never reuse a stale point."""
     if path.is_file():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            return stored
+        print(f"{path.parent.name}/{path.stem}: made with other settings, recomputing")
     started = time.perf_counter()
     point = compute()
     point["seconds"] = round(time.perf_counter() - started, 1)
+    point["settings"] = settings
     atomic_write_text(path, json.dumps(point, indent=1) + "\n")
     print(f"{path.parent.name}/{path.stem}: " + ", ".join(f"{k}={v}" for k, v in point.items() if k in ("bpp", *METRICS)))
     return point
 
 
-def divinr_points(video: Video, preset: str, args: argparse.Namespace, folder: Path) -> list[dict]:
+def codec_settings(codec: object) -> dict[str, str]:
+    """An anchor's options (range, SEI, preset, ...) as the cache key of its points."""
+    return {k: str(v) for k, v in sorted(vars(codec).items()) if not k.startswith("_")}
+
+
+def divinr_points(
+    video: Video, preset: str, args: argparse.Namespace, folder: Path, weights: dict[str, Any]
+) -> list[dict]:
     """One DiV-INR point and its "INR only" twin, from the same bitstream."""
     frames = video.frames
     stream_path = folder / f"divinr-{preset}.dvr"
@@ -98,20 +110,22 @@ def divinr_points(video: Video, preset: str, args: argparse.Namespace, folder: P
         bpp = len(data) * 8 / pixel_count(video.num_frames, video.width, video.height)
         return {"codec": "inr_only", "param": preset, "bpp": bpp, **_score(frames, decoded.frames)}
 
-    return [cached(folder / f"divinr-{preset}.json", encode), cached(folder / f"inr_only-{preset}.json", inr_only)]
+    settings = {**weights, "epochs": list(args.epochs), "seed": args.seed}
+    return [cached(folder / f"divinr-{preset}.json", encode, settings),
+            cached(folder / f"inr_only-{preset}.json", inr_only, settings)]
 
 
-def vae_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path) -> dict[str, Any]:
+def vae_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         backbone = load_backbone(backbone_name)
         with torch.no_grad():
             decoded = torch.cat([backbone.decode(backbone.encode(g.frames))[: g.num_real] for g in split_gops(frames)])
         return {"codec": "vae_ceiling", "param": None, "bpp": None, **_score(frames, decoded)}
 
-    return cached(folder / "vae_ceiling.json", compute)
+    return cached(folder / "vae_ceiling.json", compute, weights)
 
 
-def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path) -> dict[str, Any]:
+def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
     """The diffusion stage's own ceiling: each GoP sampled (unadapted DiT, the codec's sampler and
     noise seeds) from its exact latents as ``y`` with ``M = 1``, what a perfect INR would give."""
     def compute() -> dict[str, Any]:
@@ -126,7 +140,7 @@ def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path) -> dict[
                 decoded.append(backbone.decode(z0[0])[: gop.num_real])
         return {"codec": "dit_ceiling", "param": None, "bpp": None, **_score(frames, torch.cat(decoded))}
 
-    return cached(folder / "dit_ceiling.json", compute)
+    return cached(folder / "dit_ceiling.json", compute, weights)
 
 
 def anchor_points(name: str, kwargs: dict, params: list[dict], frames: torch.Tensor, fps: float, folder: Path) -> list[dict]:
@@ -140,7 +154,7 @@ def anchor_points(name: str, kwargs: dict, params: list[dict], frames: torch.Ten
                     "commands": point.commands, **_score(frames, point.decoded)}
 
         try:
-            points.append(cached(folder / f"{name}-{param_tag(param)}.json", compute))
+            points.append(cached(folder / f"{name}-{param_tag(param)}.json", compute, codec_settings(codec)))
         except DivinrError as err:
             warnings.warn(f"{name} {param} skipped: {err}")
     return points
@@ -208,14 +222,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     results: dict[str, Any] = {}
+    weights = {"backbone": args.backbone, "fingerprint": backbone_fingerprint(load_backbone(args.backbone)).hex()}
     for clip in args.clips:
         width, height = CLIPS[clip]
         video = load_clip(sample_clip_path(clip), width=width, height=height, max_frames=args.frames)
         folder = out / "points" / clip
         folder.mkdir(parents=True, exist_ok=True)
-        points = [vae_ceiling(video.frames, args.backbone, folder), dit_ceiling(video.frames, args.backbone, folder)]
+        points = [vae_ceiling(video.frames, args.backbone, folder, weights),
+                  dit_ceiling(video.frames, args.backbone, folder, weights)]
         for preset in args.inr:
-            points += divinr_points(video, preset, args, folder)
+            points += divinr_points(video, preset, args, folder, weights)
         if not args.skip_anchors:
             points += anchor_points("hinerv", {"epochs": tuple(args.hinerv_epochs), "device": "cpu"},
                                     [{"preset": p} for p in args.hinerv], video.frames, video.fps, folder)

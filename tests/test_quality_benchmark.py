@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import benchmarks.quality as quality
-from benchmarks.quality import bd_table, cached, dit_ceiling, vae_ceiling
+from benchmarks.quality import bd_table, cached, codec_settings, dit_ceiling, vae_ceiling
 from divinr.codec import load_clip
 from divinr.data.samples import sample_clip_path
 from divinr.metrics.bd import bd_metric
@@ -38,17 +38,28 @@ def test_bd_table_is_curve_minus_divinr_and_skips_rateless_points() -> None:
     assert table["x265"]["psnr"] == pytest.approx(round(reference, 3))
 
 
-def test_cached_points_are_computed_once(tmp_path: Path) -> None:
+def test_cached_points_are_computed_once_per_settings(tmp_path: Path) -> None:
     calls = []
 
     def compute() -> dict:
         calls.append(1)
-        return {"codec": "x", "bpp": 0.1, "psnr": 20.0}
+        return {"codec": "x", "bpp": 0.1, "psnr": 20.0 + len(calls)}
 
-    first = cached(tmp_path / "p.json", compute)
-    second = cached(tmp_path / "p.json", compute)
+    first = cached(tmp_path / "p.json", compute, {"fingerprint": "aa"})
+    second = cached(tmp_path / "p.json", compute, {"fingerprint": "aa"})
     assert len(calls) == 1 and first == second == json.loads((tmp_path / "p.json").read_text())
-    assert "seconds" in first
+    assert "seconds" in first and first["settings"] == {"fingerprint": "aa"}
+    changed = cached(tmp_path / "p.json", compute, {"fingerprint": "bb"})  # e.g. retrained weights
+    assert len(calls) == 2 and changed["psnr"] == 22.0
+    assert json.loads((tmp_path / "p.json").read_text())["settings"] == {"fingerprint": "bb"}
+
+
+def test_anchor_settings_tell_range_and_sei_apart() -> None:
+    from divinr.anchors import build_codec
+
+    keys = {json.dumps(codec_settings(build_codec("x265", **kw))) for kw in
+            ({}, {"strip_sei": True}, {"yuv_range": "limited"})}
+    assert len(keys) == 3
 
 
 def test_dit_ceiling_with_an_exact_flow_reproduces_the_vae_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +75,11 @@ def test_dit_ceiling_with_an_exact_flow_reproduces_the_vae_ceiling(tmp_path: Pat
     monkeypatch.setattr(backbone, "predict", exact_flow)
     monkeypatch.setattr(quality, "load_backbone", lambda name: backbone)
     frames = load_clip(sample_clip_path("bikes"), width=64, height=48, max_frames=9).frames
-    vae = vae_ceiling(frames, "mini", tmp_path)
-    dit = dit_ceiling(frames, "mini", tmp_path)
+    vae = vae_ceiling(frames, "mini", tmp_path, {})
+    dit = dit_ceiling(frames, "mini", tmp_path, {})
     assert dit["codec"] == "dit_ceiling" and dit["bpp"] is None
     assert dit["psnr"] == pytest.approx(vae["psnr"], abs=0.05)
     assert seen_masks and all(bool(m.eq(1).all()) for m in seen_masks)
     monkeypatch.setattr(backbone, "predict", lambda z_t, y, m, t: torch.zeros_like(z_t))  # a DiT that ignores y
-    blind = dit_ceiling(frames, "mini", tmp_path / "blind")
+    blind = dit_ceiling(frames, "mini", tmp_path / "blind", {})
     assert blind["psnr"] < vae["psnr"] - 3
