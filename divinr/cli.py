@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from divinr.atomic import check_writable
-from divinr.data.video import WRITE_SUFFIXES
 from divinr.errors import EXIT_USER_ERROR, DivinrError
 
 
@@ -22,8 +24,11 @@ def _epochs(text: str) -> tuple[int, int, int]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected DENSE,PRUNE,QUANT epoch counts like 300,120,60, got {text!r}")
+    if len(values) != 3 or min(values) < 0 or values[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected DENSE,PRUNE,QUANT epoch counts like 300,120,60 with DENSE >= 1 (an untrained stream "
+            f"codes nothing), got {text!r}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -34,6 +39,16 @@ def _resolution(text: str) -> tuple[int, int]:
         return parse_resolution(text)
     except DivinrError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _gibibytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB like 8 or 0.5, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", required=True, help="video to write: .y4m, .yuv, .mp4 or .mkv")
     dec.add_argument("--backbone-path", help="local diffusers-format weights of the backbone named in the stream")
     dec.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    dec.add_argument(
+        "--max-memory",
+        type=_gibibytes,
+        default=8.0,
+        metavar="GIB",
+        help="refuse streams whose decoded video needs more memory than this (default 8 GiB)",
+    )
 
     info = sub.add_parser("info", help="show a bitstream's header, bits by part and bpp")
     info.add_argument("input", help="bitstream (.dvr)")
@@ -85,14 +107,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_output(path: str, suffixes: tuple[str, ...], what: str, inputs: tuple[str, ...] = ()) -> None:
-    """Refuse an output that cannot be written, or that would replace an input, before any work."""
+    """Refuse an output that cannot be written, or that would replace an input, before any work.
+
+    Missing parent folders are created (as writing would), so the caller removes them again
+    if the command fails (:func:`_missing_folders`).
+    """
     if Path(path).suffix.lower() not in suffixes:
         raise DivinrError(f"{what} {path}: unsupported extension; use one of {', '.join(suffixes)}")
+    if Path(path).is_dir():
+        raise DivinrError(f"{what} {path} is a folder; give a file name inside it, e.g. {Path(path) / ('out' + suffixes[0])}")
+    blocker = _not_a_folder(Path(path).absolute().parents)
+    if blocker is not None:
+        raise DivinrError(f"{what} {path}: {blocker} is a file, not a folder; choose another location")
     target = Path(path).resolve()
     for source in inputs:
         if target == Path(source).resolve():
             raise DivinrError(f"{what} {path} is also an input of this command and would be overwritten; choose another file")
     check_writable(path)
+
+
+def _not_a_folder(folders: Iterable[Path]) -> Path | None:
+    """The first of ``folders`` that exists but is not a folder (so nothing can be created in it)."""
+    return next((folder for folder in folders if folder.exists() and not folder.is_dir()), None)
+
+
+def _missing_folders(paths: list[Path]) -> list[Path]:
+    """The folders that do not exist yet among ``paths`` and their parents, deepest first."""
+    missing = {folder for path in paths for folder in (path, *path.absolute().parents) if not folder.exists()}
+    return sorted(missing, key=lambda folder: len(folder.absolute().parts), reverse=True)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are still empty; a failed command leaves no empty folders."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
+
+
+def _check_encode_flags(args: argparse.Namespace) -> None:
+    """Check the encode flags' values up front, so an error names the flag rather than the API argument behind it."""
+    from divinr.compression.bitstream import MAX_SAMPLER_STEPS
+    from divinr.models.nola import MAX_NUM_BASES
+
+    fps_ok = args.fps is None or (math.isfinite(args.fps) and args.fps > 0)
+    checks = (
+        ("--frames", args.frames, args.frames is None or args.frames >= 1, "a number of frames >= 1"),
+        ("--start", args.start, args.start >= 0, "a frame index >= 0"),
+        ("--seed", args.seed, 0 <= args.seed < 2**32, "an integer in 0..4294967295"),
+        ("--steps", args.steps, 1 <= args.steps <= MAX_SAMPLER_STEPS, f"a step count in 1..{MAX_SAMPLER_STEPS}"),
+        ("--gop", args.gop, args.gop >= 1 and args.gop % 4 == 1, "1 + 4k frames, e.g. 17, 25 or 33"),
+        ("--nola-bases", args.nola_bases, 0 <= args.nola_bases <= MAX_NUM_BASES, f"0..{MAX_NUM_BASES} (0 disables NOLA)"),
+        ("--bit-depth", args.bit_depth, args.bit_depth in (8, 10), "8 or 10"),
+        ("--fps", args.fps, fps_ok, "a positive frame rate"),
+    )
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise DivinrError(f"{flag} {value}: expected {expected}")
+    if args.workdir is not None:
+        blocker = _not_a_folder([Path(args.workdir), *Path(args.workdir).absolute().parents])
+        if blocker is not None:
+            raise DivinrError(f"--workdir {args.workdir}: {blocker} is a file, not a folder; choose another work folder")
 
 
 def _read_stream(path: str) -> bytes:
@@ -103,8 +179,20 @@ def _read_stream(path: str) -> bytes:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    _check_encode_flags(args)
+    outputs = [Path(args.output).parent, *([Path(args.recon).parent] if args.recon else [])]
+    created = _missing_folders([*outputs, *([Path(args.workdir)] if args.workdir else [])])
+    try:
+        return _encode(args)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _encode(args: argparse.Namespace) -> int:
+    """``cmd_encode`` once the flags are checked: every output is checked before the clip is read and trained on."""
     from divinr.codec import EncoderConfig, compress, load_clip
-    from divinr.data.video import write_video
+    from divinr.data.video import WRITE_SUFFIXES, write_video
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
     from divinr.training.stages import paper_phases
@@ -113,6 +201,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     check_output(args.output, (".dvr",), "bitstream", inputs=(args.input,))
     if args.recon:
         check_output(args.recon, WRITE_SUFFIXES, "reconstruction", inputs=(args.input, args.output))
+    if args.workdir:
+        check_writable(Path(args.workdir) / "checkpoints")
     read_kwargs: dict[str, Any] = {"bit_depth": args.bit_depth}
     if args.fps:
         read_kwargs["fps"] = args.fps
@@ -147,12 +237,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from divinr.codec import decompress
-    from divinr.data.video import write_video
+    from divinr.compression.bitstream import unpack
+    from divinr.data.video import WRITE_SUFFIXES, write_video
+    from divinr.inference.decoder import check_decode_memory, memory_budget
 
     check_output(args.output, WRITE_SUFFIXES, "video", inputs=(args.input,))
     data = _read_stream(args.input)
+    budget = int(args.max_memory * 2**30)
+    check_decode_memory(unpack(data).header, budget)  # before the backbone is loaded
     start = time.perf_counter()
-    decoded = decompress(data, backbone_path=args.backbone_path, device=args.device)
+    with memory_budget(budget):
+        decoded = decompress(data, backbone_path=args.backbone_path, device=args.device)
     write_video(args.output, decoded.frames, decoded.fps)
     t, _, h, w = decoded.frames.shape
     print(f"wrote {args.output}: {t} frames {w}x{h} in {time.perf_counter() - start:.1f} s")
@@ -160,41 +255,53 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def stream_info(data: bytes) -> dict[str, Any]:
-    """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints)."""
-    from divinr.compression.bitstream import FORMAT_VERSION, bits_breakdown, unpack
-    from divinr.data.gop import pixel_count
+    """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
-    header = unpack(data).header
+    Reads the header without torch or diffusers, so it takes milliseconds, not seconds.
+    """
+    from divinr.compression.bitstream import (
+        FORMAT_VERSION,
+        INR_FIELDS,
+        INR_HEAD_CODES,
+        CodecKind,
+        MaskMode,
+        bits_breakdown,
+        read_header,
+    )
+
+    v = read_header(data)
     bits = bits_breakdown(data)
+    heads = {code: name for name, code in INR_HEAD_CODES.items()}
     return {
         "format_version": FORMAT_VERSION,
-        "kind": header.kind.name.lower(),
-        "bpp": bits["total"] / pixel_count(header.frames, header.width, header.height),
+        "kind": CodecKind(v["kind"]).name.lower(),
+        # over the real frames, as divinr.data.gop.pixel_count (not imported: it loads torch)
+        "bpp": bits["total"] / (v["frames"] * v["width"] * v["height"]),
         "bytes": len(data),
         "bits": bits,
-        "frames": header.frames,
-        "width": header.width,
-        "height": header.height,
-        "fps": float(header.fps),
-        "gop_size": header.gop_size,
-        "backbone": header.backbone,
-        "backbone_fingerprint": header.backbone_fingerprint.hex(),
-        "inr": header.inr.to_dict(),
-        "mask_mode": header.mask_mode.name.lower(),
-        "quant_bits": header.quant_bits,
+        "frames": v["frames"],
+        "width": v["width"],
+        "height": v["height"],
+        "fps": v["fps_num"] / v["fps_den"],
+        "gop_size": v["gop_size"],
+        "backbone": v["backbone"],
+        "backbone_fingerprint": v["backbone_fingerprint"].hex(),
+        "inr": {**{name.removeprefix("inr_"): v[name] for name in INR_FIELDS}, "head": heads[v["inr_head"]]},
+        "mask_mode": MaskMode(v["mask_mode"]).name.lower(),
+        "quant_bits": v["quant_bits"],
         "nola": {
-            "layers": header.nola_layers,
-            "rank": header.nola.rank,
-            "num_bases": header.nola.num_bases,
-            "basis_variance": header.nola.basis_variance,
-            "scaling": header.nola.scaling,
-            "seed": header.nola.seed,
+            "layers": v["nola_layers"],
+            "rank": v["nola_rank"],
+            "num_bases": v["nola_bases"],
+            "basis_variance": v["nola_variance"],
+            "scaling": v["nola_scaling"],
+            "seed": v["nola_seed"],
         },
         "sampler": {
-            "steps": header.sampler.steps,
-            "flow_shift": header.sampler.flow_shift,
-            "noise_seed": header.sampler.noise_seed,
-            "solver_order": header.sampler.solver_order,
+            "steps": v["sampler_steps"],
+            "flow_shift": v["sampler_flow_shift"],
+            "noise_seed": v["sampler_noise_seed"],
+            "solver_order": v["sampler_order"],
         },
     }
 
@@ -202,7 +309,7 @@ def stream_info(data: bytes) -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     info = stream_info(_read_stream(args.input))
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, allow_nan=False))
         return 0
     bits = info["bits"]
     print(f"{args.input}: divinr bitstream v{info['format_version']} ({info['kind']})")
@@ -223,16 +330,35 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return weights_main(args.args or ["list"])
 
 
+# 128 + SIGPIPE, the status of a Unix tool whose output pipe was closed.
+EXIT_BROKEN_PIPE = 141
 COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "weights": cmd_weights}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail on a closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured output): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return status
     except DivinrError as err:
         print(f"divinr: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader went away (`divinr info x.dvr | head -1`): stop quietly, as Unix tools do.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("divinr: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import resource
 import time
+from contextlib import nullcontext
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,14 @@ from divinr.models.nola import NOLAConfig, eject_nola, nola_layers, nola_state_d
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
 from divinr.training.losses import LossConfig
 from divinr.training.module import DiVINRModule
-from divinr.training.resume import epoch_checkpoint, prepare_workdir, resume_path, settings_digest
+from divinr.training.resume import (
+    StepSeed,
+    epoch_checkpoint,
+    prepare_workdir,
+    resume_path,
+    settings_digest,
+    workdir_lock,
+)
 from divinr.training.stages import Phase, paper_phases, total_epochs
 
 
@@ -77,6 +85,8 @@ class EncoderConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.phases or self.phases[0].epochs < 1:
+            raise PresetError("the first (dense) training phase needs at least one epoch; an untrained stream codes nothing")
         if self.mask_mode not in ("learned", "ones"):
             raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
         if not 0 <= self.seed < 2**32:
@@ -201,7 +211,7 @@ def _make_trainer(
     config: EncoderConfig, workdir: Path | None, logger: Any, callbacks: Sequence[L.Callback], progress: bool
 ) -> L.Trainer:
     device = config.resolved_device()
-    all_callbacks = list(callbacks)
+    all_callbacks = [*callbacks, StepSeed(config.seed)]
     if workdir is not None:
         all_callbacks.append(epoch_checkpoint(workdir))
     return L.Trainer(
@@ -265,36 +275,41 @@ def train_codec(
     """Train INR + NOLA on ``video``; return the module, its complete stream header and the history.
 
     With ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if one of
-    the same settings and frames is present.
+    the same settings and frames is present; the resumed run gives the uninterrupted run's
+    bitstream. It holds the folder's lock throughout, so a second run on it fails at once.
     """
     header = plan_header(video, config)
     workdir = Path(workdir) if workdir is not None else None
-    device = config.resolved_device()
-    backbone = load_backbone(
-        config.backbone,
-        path=config.backbone_path,
-        dtype=config.model_dtype(),
-        device=device,
-        gradient_checkpointing=config.gradient_checkpointing,
-    )
-    fingerprint = backbone_fingerprint(backbone)
-    if workdir is not None:
-        settings = {
-            "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
-            "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay, "gop_size": config.gop_size,
-        }
-        prepare_workdir(workdir, settings_digest(settings, video.frames))
-    gops = split_gops(video.frames, config.gop_size)
-    latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    inr = build_inr(header.inr, header.latent_size)
-    module = DiVINRModule(
-        backbone, inr, config.phases, config.nola, config.loss, mask_mode=config.mask_mode, weight_decay=config.weight_decay
-    )
-    history = EpochHistory()
-    trainer = _make_trainer(config, workdir, logger, [history, *callbacks], progress)
-    trainer.fit(module, train_dataloaders=gop_loader(LatentGoPs(latents, gops), seed=config.seed),
-                ckpt_path=resume_path(workdir))
+    with workdir_lock(workdir) if workdir is not None else nullcontext():
+        device = config.resolved_device()
+        backbone = load_backbone(
+            config.backbone,
+            path=config.backbone_path,
+            dtype=config.model_dtype(),
+            device=device,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
+        fingerprint = backbone_fingerprint(backbone)
+        if workdir is not None:
+            settings = {
+                "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
+                "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay,
+                "gop_size": config.gop_size,
+            }
+            prepare_workdir(workdir, settings_digest(settings, video.frames))
+        checkpoint = resume_path(workdir)  # an unreadable one fails here, before the VAE runs
+        gops = split_gops(video.frames, config.gop_size)
+        latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        inr = build_inr(header.inr, header.latent_size)
+        module = DiVINRModule(
+            backbone, inr, config.phases, config.nola, config.loss, mask_mode=config.mask_mode,
+            weight_decay=config.weight_decay,
+        )
+        history = EpochHistory()
+        trainer = _make_trainer(config, workdir, logger, [history, *callbacks], progress)
+        trainer.fit(module, train_dataloaders=gop_loader(LatentGoPs(latents, gops), seed=config.seed),
+                    ckpt_path=checkpoint)
     header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(nola_layers(module.transformer)))
     return module, header, history.epochs
 

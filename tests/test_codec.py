@@ -191,12 +191,27 @@ def test_mutated_streams_only_ever_raise_bitstream_error(encoded, data: st.DataO
         (["--recon", "out.avi"], "unsupported extension"),
         (["-o", "/proc/forbidden/x.dvr"], "cannot write"),
         (["-o", "x.mp4"], "unsupported extension"),
+        (["-o", "folder.dvr"], "bitstream folder.dvr is a folder"),
+        (["-o", "afile/x.dvr"], "afile is a file, not a folder"),
+        (["--recon", "folder.y4m"], "reconstruction folder.y4m is a folder"),
+        (["--workdir", "afile/work"], "--workdir afile/work"),
+        (["--frames", "0"], "--frames 0: expected a number of frames >= 1"),
+        (["--start", "-1"], "--start -1"),
+        (["--steps", "0"], "--steps 0"),
+        (["--gop", "4"], "--gop 4: expected 1 + 4k frames"),
+        (["--nola-bases", "5000"], "--nola-bases 5000: expected 0..1024"),
+        (["--bit-depth", "9"], "--bit-depth 9"),
+        (["--fps", "nan"], "--fps nan"),
+        (["--fps", "-25"], "--fps -25.0"),
     ],
 )
 def test_encode_refuses_bad_settings_before_any_work(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:
     import divinr.codec
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.dvr").mkdir()
+    (tmp_path / "folder.y4m").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setattr(divinr.codec, "load_backbone", lambda *a, **k: pytest.fail("training started"))
     clip = str(sample_clip_path("bikes"))
     args = ["encode", clip, "-o", "x.dvr", "--frames", "5", "--resolution", "64x64", *argv]
@@ -205,6 +220,29 @@ def test_encode_refuses_bad_settings_before_any_work(argv, message, tmp_path: Pa
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_encode_needs_a_dense_epoch(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["encode", str(sample_clip_path("bikes")), "-o", "x.dvr", "--epochs", "0,0,0"])
+    assert exit_.value.code == 2 and "DENSE >= 1" in capsys.readouterr().err
+
+
+def test_a_failed_encode_removes_the_folders_it_created(tmp_path: Path, capsys, monkeypatch) -> None:
+    import divinr.codec
+    from divinr.errors import MissingWeightsError
+
+    def missing(*args, **kwargs):
+        raise MissingWeightsError("no weights here")
+
+    monkeypatch.setattr(divinr.codec, "load_backbone", missing)
+    (tmp_path / "kept").mkdir()
+    argv = ["encode", str(sample_clip_path("bikes")), "-o", str(tmp_path / "new" / "deep" / "x.dvr"),
+            "--recon", str(tmp_path / "kept" / "r" / "x.y4m"), "--workdir", str(tmp_path / "work" / "a"),
+            "--frames", "5", "--resolution", "64x64"]
+    assert main(argv) == 2
+    assert "no weights here" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not any((tmp_path / "kept").iterdir())
 
 
 def test_decode_refuses_a_bad_output_before_decoding(encoded, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from divinr.compression.container import (
     MAGIC,
+    MAX_VERSION_LEAP,
     Field,
     FieldKind,
     RawDtype,
@@ -144,6 +146,33 @@ def test_writer_rejects_values_that_do_not_fit() -> None:
         write_container(SCHEMA, VALUES, [("a", b""), ("a", b"")], version=1)
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", ["lam", "shift"])
+def test_non_finite_floats_are_refused_when_written_and_read(name: str, value: float) -> None:
+    with pytest.raises(BitstreamError, match=f"{name}.*not a finite number"):
+        write_container(SCHEMA, dict(VALUES, **{name: value}), [], version=1)
+    kind = FieldKind.F32 if name == "lam" else FieldKind.F64
+    fmt = "<f" if kind is FieldKind.F32 else "<d"
+    old = bytes([kind]) + struct.pack(fmt, VALUES[name])
+    data = _small_file()
+    assert data.count(old) == 1
+    hostile = _fix_crc(data.replace(old, bytes([kind]) + struct.pack(fmt, value)))
+    with pytest.raises(BitstreamError, match=f"'{name}' is {value}, not a finite number; the bitstream is corrupt"):
+        read_container(hostile, SCHEMAS)
+
+
+def test_only_plausible_next_versions_are_reported_as_newer() -> None:
+    for version in (2, 1 + MAX_VERSION_LEAP):
+        with pytest.raises(BitstreamError, match=rf"newer divinr \(format v{version}\)"):
+            read_container(write_container(SCHEMA, VALUES, SECTIONS, version=version), SCHEMAS)
+    for version in (2 + MAX_VERSION_LEAP, 60555, 0xFFFF):
+        data = write_container(SCHEMA, VALUES, SECTIONS, version=version)
+        with pytest.raises(BitstreamError, match=f"corrupt or not a divinr file: format v{version} is implausible"):
+            read_container(data, SCHEMAS)
+        with pytest.raises(BitstreamError, match="implausible"):  # random bytes after the magic, CRC wrong too
+            read_container(MAGIC + struct.pack("<H", version) + bytes(range(64)), SCHEMAS)
+
+
 # --- tensors -----------------------------------------------------------------------------
 
 
@@ -193,6 +222,16 @@ def test_raw_tensor_round_trip(dtype: RawDtype) -> None:
     if dtype is RawDtype.FLOAT16:
         with pytest.raises(ValueError, match="overflow"):
             encode_raw_tensor(np.array([1e6]), dtype)
+    with pytest.raises(ValueError, match="NaN or infinities"):
+        encode_raw_tensor(np.array([1.0, np.nan]), dtype)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_raw_tensor_with_non_finite_values_is_refused(bad: float) -> None:
+    record = bytearray(encode_raw_tensor(np.array([1.0, 2.0], dtype=np.float32)))
+    record[-4:] = struct.pack("<f", bad)
+    with pytest.raises(BitstreamError, match="NaN or infinite"):
+        decode_raw_tensor(bytes(record))
 
 
 # --- fuzzing -----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from divinr.codec import EncoderConfig, load_clip, train_codec
 from divinr.data.samples import sample_clip_path
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.backbone import load_backbone
-from divinr.models.nola import eject_nola
+from divinr.errors import PresetError
+from divinr.models.nola import MAX_NUM_BASES, MAX_RANK, NOLAConfig, eject_nola
 from divinr.training.losses import cosine_lambda
 from divinr.training.stages import Phase, StageCallback, paper_phases, phase_at
 
@@ -173,6 +174,29 @@ def test_resume_with_another_schedule_is_refused() -> None:
     state = callback.state_dict()
     with pytest.raises(Exception, match="different stage schedule"):
         StageCallback(paper_phases(3, 2, 2)).load_state_dict(state)
+
+
+@pytest.mark.parametrize("field", ["inr_lr", "nola_lr"])
+@pytest.mark.parametrize("value", [-2e-3, 0.0, float("nan"), float("inf")])
+def test_a_learning_rate_that_cannot_train_is_refused(field: str, value: float) -> None:
+    with pytest.raises(PresetError, match=f"{field} must be a positive finite number"):
+        Phase("dense", 3, **{field: value})
+
+
+def test_an_encode_needs_a_dense_epoch() -> None:
+    with pytest.raises(PresetError, match="needs at least one epoch"):
+        EncoderConfig(phases=paper_phases(0, 0, 0))
+    with pytest.raises(PresetError, match="needs at least one epoch"):
+        EncoderConfig(phases=paper_phases(0, 5, 5))
+    assert EncoderConfig(phases=paper_phases(1, 0, 0)).phases[0].epochs == 1
+
+
+def test_nola_rank_and_bases_are_bounded() -> None:
+    assert NOLAConfig(rank=MAX_RANK, num_bases=MAX_NUM_BASES).rank == MAX_RANK
+    with pytest.raises(PresetError, match="rank must be in 1..128"):
+        NOLAConfig(rank=1024)
+    with pytest.raises(PresetError, match="num_bases must be in 0..1024"):
+        NOLAConfig(num_bases=MAX_NUM_BASES + 1)
 
 
 def test_schedule_helpers() -> None:

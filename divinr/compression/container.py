@@ -18,8 +18,11 @@ The schema (an ordered tuple of :class:`Field`) is declared per format version i
 not sent: the stream carries only the values plus one kind tag per field, which lets the
 decoder check that the file matches the schema it expects. The CRC catches corruption
 and truncation before anything is parsed; the parser still bounds every length against
-the bytes that remain, so a malformed file can only ever raise :class:`BitstreamError`.
-No pickle, no eval: every byte has a declared meaning.
+the bytes that remain and refuses non-finite floats, so a malformed file can only ever raise
+:class:`BitstreamError`. No pickle, no eval: every byte has a declared meaning.
+
+Reading a header needs neither torch nor diffusers (``divinr info`` stays fast): the quantiser
+module, which imports torch, is only loaded when a tensor record is coded.
 
 Sections carry the entropy-coded tensors. :func:`encode_quantized_tensor` stores one
 quantised tensor (shape, quantiser, entropy-coded codes); :func:`encode_raw_tensor` stores
@@ -36,13 +39,15 @@ import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from divinr.compression.entropy import decode_tensor_symbols, decode_varint, encode_tensor_symbols, encode_varint
-from divinr.compression.quant import MAX_BITS, QuantParams
 from divinr.errors import BitstreamError
+
+if TYPE_CHECKING:
+    from divinr.compression.quant import QuantParams
 
 MAGIC = b"DVNR"
 MAX_STR_BYTES = 255
@@ -53,6 +58,9 @@ MAX_SECTIONS = 0xFFFF
 MAX_SECTION_BYTES = 0xFFFFFFFF
 MAX_TENSOR_RANK = 6
 MAX_TENSOR_NUMEL = 1 << 28
+# Versions up to this far past the newest known one read as "written by a newer divinr"; a larger
+# number is not a plausible release and means the file is corrupt.
+MAX_VERSION_LEAP = 8
 
 _PREAMBLE = struct.Struct("<4sH")
 _U16 = struct.Struct("<H")
@@ -156,7 +164,10 @@ def _encode_value(field: Field, value: HeaderValue) -> bytes:
     kind = field.kind
     try:
         if kind in (FieldKind.F32, FieldKind.F64):
-            return _FIXED[kind].pack(float(value))  # type: ignore[arg-type]
+            number = float(value)  # type: ignore[arg-type]
+            if not math.isfinite(number):
+                raise ValueError("not a finite number")
+            return _FIXED[kind].pack(number)
         if kind in _FIXED:
             return _FIXED[kind].pack(operator.index(value))  # type: ignore[arg-type]
         if kind is FieldKind.STR:
@@ -184,7 +195,10 @@ def _decode_value(reader: _Reader, field: Field) -> HeaderValue:
     kind = field.kind
     what = f"header field {field.name!r}"
     if kind in _FIXED:
-        return reader.unpack(_FIXED[kind], what)[0]
+        value = reader.unpack(_FIXED[kind], what)[0]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BitstreamError(f"{what} is {value}, not a finite number; the bitstream is corrupt")
+        return value
     if kind is FieldKind.STR:
         return reader.utf8(reader.take(1, what)[0], what)
     if kind is FieldKind.BYTES:
@@ -311,6 +325,11 @@ def read_container(
         raise BitstreamError(f"file is too short to be a divinr bitstream ({len(data)} bytes); it is truncated")
     version = _PREAMBLE.unpack_from(data)[1]
     newest = max(schemas)
+    if version > newest + MAX_VERSION_LEAP:
+        raise BitstreamError(
+            f"bitstream is corrupt or not a divinr file: format v{version} is implausible "
+            f"(this decoder reads up to v{newest}); re-transfer or re-encode the file"
+        )
     if version > newest:
         raise BitstreamError(
             f"bitstream written by a newer divinr (format v{version}), "
@@ -397,6 +416,8 @@ def _decode_shape(reader: _Reader) -> tuple[tuple[int, ...], int]:
 
 
 def _params_problem(bits: int, scale: float, zero_point: int) -> str | None:
+    from divinr.compression.quant import MAX_BITS
+
     if not 1 <= bits <= MAX_BITS:
         return f"bits {bits} outside 1..{MAX_BITS}"
     if not (math.isfinite(scale) and scale > 0):
@@ -424,6 +445,8 @@ def _quant_head(codes: np.ndarray, params: QuantParams, shape: Sequence[int]) ->
 
 def _read_quant_head(reader: _Reader, expected_shape: Sequence[int] | None) -> tuple[tuple[int, ...], int, QuantParams, bool]:
     """Inverse of :func:`_quant_head`: (shape, numel, quantiser, all-zero flag), all validated."""
+    from divinr.compression.quant import QuantParams
+
     shape, numel = _decode_shape(reader)
     if expected_shape is not None and tuple(shape) != tuple(expected_shape):
         raise BitstreamError(f"tensor shape {shape} does not match the expected {tuple(expected_shape)}; the bitstream is corrupt")
@@ -542,9 +565,11 @@ def encode_raw_tensor(values: np.ndarray, dtype: RawDtype = RawDtype.FLOAT32) ->
     """
     arr = np.asarray(values)
     shape_bytes, _ = _encode_shape(arr.shape)
+    if not np.isfinite(arr).all():
+        raise ValueError("values include NaN or infinities, which a decoder refuses")
     with np.errstate(over="ignore"):  # overflow is reported below, as an error
         stored = arr.astype(_RAW_NUMPY[RawDtype(dtype)])
-    if np.isfinite(arr).all() and not np.isfinite(stored).all():
+    if not np.isfinite(stored).all():
         raise ValueError(f"values overflow {RawDtype(dtype).name}; store them as FLOAT32")
     return bytes([RawDtype(dtype)]) + shape_bytes + stored.tobytes()
 
@@ -553,7 +578,7 @@ def decode_raw_tensor(data: bytes) -> np.ndarray:
     """Inverse of :func:`encode_raw_tensor`.
 
     Returns:
-        Array of the stored shape in float16 or float32 (native byte order).
+        Array of the stored shape in float16 or float32 (native byte order), all finite.
     """
     reader = _Reader(bytes(data))
     tag = reader.take(1, "raw tensor dtype")[0]
@@ -567,4 +592,7 @@ def decode_raw_tensor(data: bytes) -> np.ndarray:
             f"raw tensor of shape {shape} needs {numel * np_dtype.itemsize} bytes, found {reader.left}; "
             "the bitstream is corrupt"
         )
-    return np.frombuffer(reader.rest(), dtype=np_dtype).astype(np_dtype.newbyteorder("=")).reshape(shape)
+    values = np.frombuffer(reader.rest(), dtype=np_dtype).astype(np_dtype.newbyteorder("=")).reshape(shape)
+    if not np.isfinite(values).all():
+        raise BitstreamError(f"raw tensor of shape {shape} holds NaN or infinite values; the bitstream is corrupt")
+    return values

@@ -7,19 +7,34 @@
 
 The encoder reconstructs through this same code, so "what the encoder saw" and "what a decoder
 in another process produces" are the same computation.
+
+Before anything is built the decoder checks that the stream fits: the decoded video against a
+memory budget (:func:`memory_budget`, default 8 GiB; ``divinr decode --max-memory``), and the
+GoP length, latent size and conditioning widths against the backbone's transformer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from divinr.compression.bitstream import MAX_INR_PARAMETERS, Bitstream, CodecKind, MaskMode, decode_tensors, unpack
+from divinr.compression.bitstream import (
+    MAX_INR_PARAMETERS,
+    Bitstream,
+    CodecKind,
+    MaskMode,
+    StreamHeader,
+    decode_tensors,
+    unpack,
+)
 from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
-from divinr.errors import BitstreamError, PresetError
+from divinr.errors import BitstreamError, DivinrError, PresetError
 from divinr.inference.sampler import initial_noise, sample
 from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
@@ -31,6 +46,71 @@ from divinr.models.nola import (
     nola_state_dict,
     release_nola_bases,
 )
+
+
+DEFAULT_MEMORY_BUDGET = 8 * 2**30
+_MEMORY_BUDGET: ContextVar[int] = ContextVar("decode_memory_budget", default=DEFAULT_MEMORY_BUDGET)
+
+
+@contextmanager
+def memory_budget(nbytes: int) -> Iterator[None]:
+    """Let decodes inside the block hold up to ``nbytes`` of decoded video (default 8 GiB)."""
+    if nbytes <= 0:
+        raise PresetError(f"the decode memory budget must be positive, got {nbytes} bytes")
+    token = _MEMORY_BUDGET.set(nbytes)
+    try:
+        yield
+    finally:
+        _MEMORY_BUDGET.reset(token)
+
+
+def _first_gop(header: StreamHeader) -> GoPSpan:
+    """The sequence's first GoP, its longest."""
+    return plan_gops(min(header.frames, header.gop_size), header.gop_size)[0]
+
+
+def decoded_video_bytes(header: StreamHeader) -> int:
+    """Bytes of pixels the decoder holds: all frames plus the longest GoP's VAE output, in float32.
+
+    A lower bound of the peak (weights and activations come on top), but one that grows with
+    exactly the fields a hostile header inflates: frames, width and height.
+    """
+    return (header.frames + _first_gop(header).num_padded) * 3 * header.height * header.width * 4
+
+
+def check_decode_memory(header: StreamHeader, budget: int | None = None) -> None:
+    """Refuse, before any work, a stream whose decoded video exceeds ``budget`` (default: the current one)."""
+    budget = _MEMORY_BUDGET.get() if budget is None else budget
+    needed = decoded_video_bytes(header)
+    if needed > budget:
+        enough = math.ceil(needed / 2**30 * 100) / 100  # GiB, rounded up to 0.01
+        raise DivinrError(
+            f"decoding needs at least {needed:,} bytes ({header.frames} frames of {header.width}x{header.height} "
+            f"in float32), more than the memory budget of {budget:,} bytes; raise it with --max-memory {enough:g} "
+            "(GiB, divinr decode) or memory_budget() (Python)"
+        )
+
+
+def check_capacity(backbone: Backbone, header: StreamHeader) -> None:
+    """Refuse GoPs and sizes the transformer's RoPE tables cannot index, and conditioning widths
+    its input layer does not take, instead of failing inside the model."""
+    config = backbone.transformer.config
+    patch_t, patch_h, patch_w = config.patch_size
+    positions = config.rope_max_seq_len
+    latent_frames = _first_gop(header).num_latent
+    h, w = header.latent_size
+    if latent_frames > positions * patch_t or h > positions * patch_h or w > positions * patch_w:
+        raise BitstreamError(
+            f"the stream's GoPs of {latent_frames} latent frames of {h}x{w} exceed what backbone "
+            f"{header.backbone!r} can take ({positions} positions per axis, patch {tuple(config.patch_size)}); "
+            "the bitstream is corrupt"
+        )
+    y, m = header.inr.out_channels, header.inr.mask_channels
+    if y != config.out_channels or config.out_channels + m + y != config.in_channels:
+        raise BitstreamError(
+            f"the stream's conditioning has {y} + {m} channels, backbone {header.backbone!r} takes "
+            f"{config.out_channels} + {config.in_channels - 2 * config.out_channels}; the bitstream is corrupt"
+        )
 
 
 @dataclass
@@ -147,6 +227,7 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     header = stream.header
     if header.kind != CodecKind.DIVINR:
         raise BitstreamError("only DiV-INR streams carry latent conditioning")
+    check_decode_memory(header)
     inr = build_inr_from_stream(stream).to(device)
     spans = plan_gops(header.frames, header.gop_size)
     frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
@@ -175,11 +256,13 @@ def decode_stream(
 ) -> Decoded:
     """Decode a complete bitstream; ``backbone`` must be freshly loaded (None for the pixel baseline)."""
     stream = unpack(data)
+    check_decode_memory(stream.header)
     inr = build_inr_from_stream(stream)
     if stream.header.kind == CodecKind.PIXEL_INR:
         return render_pixel_inr(stream, inr, device=device)
     if backbone is None:
         raise BitstreamError(f"this stream needs the {stream.header.backbone!r} backbone to decode")
     check_backbone(backbone, stream, fingerprint)
+    check_capacity(backbone, stream.header)
     install_adapters(backbone, stream)
     return reconstruct(backbone, stream, inr, device=device, progress=progress)

@@ -69,6 +69,13 @@ DEFAULT_WAN_TARGETS: tuple[str, ...] = (
 """Self-attention output projections, both feed-forward layers of every block, and the output
 head (diffusers' Wan module names, full-match regexes): 30 x 3 + 1 = 91 layers on Wan2.1 1.3B."""
 
+MAX_RANK = 128
+MAX_NUM_BASES = 1024
+"""Upper bounds of :class:`NOLAConfig`: twice the paper's rank (64) and the ablation's largest
+bank (1000 bases). The shared bases grow with ``rank x num_bases``: at both bounds they take
+about 5.5 GB in bf16 on Wan2.1 1.3B (the paper's setting: 1.35 GB), where an unbounded rank of
+1024 would need over 20 GB before training starts."""
+
 # Bases combined per chunk when the bank's dtype differs from the compute dtype, so a float32
 # merge of a bf16 bank never holds a float32 copy of the whole bank.
 _COMBINE_CHUNK = 32
@@ -79,8 +86,9 @@ class NOLAConfig:
     """NOLA hyper-parameters; every field is needed to rebuild the adapters at decode time.
 
     Args:
-        rank: rank ``r`` of the update ``B A``.
-        num_bases: ``b`` bases for ``A`` and ``b`` for ``B``; ``2 b`` coefficients per layer.
+        rank: rank ``r`` of the update ``B A``, at most :data:`MAX_RANK`.
+        num_bases: ``b`` bases for ``A`` and ``b`` for ``B``; ``2 b`` coefficients per layer; at
+            most :data:`MAX_NUM_BASES`.
             ``0`` disables NOLA (the paper's PEFT-size ablation): nothing is injected.
         basis_variance: variance ``s`` of each basis entry (the paper's ``N(0, s I)``).
         scaling: factor on the update; 1.0 is the paper's Eq. (3).
@@ -98,10 +106,12 @@ class NOLAConfig:
     def __post_init__(self) -> None:
         # Config systems hand over lists; a tuple keeps the dataclass hashable.
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if self.rank < 1:
-            raise PresetError(f"NOLA rank must be >= 1, got {self.rank}; set nola.rank to a positive integer")
-        if self.num_bases < 0:
-            raise PresetError(f"NOLA num_bases must be >= 0, got {self.num_bases}; use 0 to disable NOLA")
+        if not 1 <= self.rank <= MAX_RANK:
+            raise PresetError(f"NOLA rank must be in 1..{MAX_RANK}, got {self.rank}; the paper uses 64")
+        if not 0 <= self.num_bases <= MAX_NUM_BASES:
+            raise PresetError(
+                f"NOLA num_bases must be in 0..{MAX_NUM_BASES}, got {self.num_bases}; the paper uses 500, 0 disables NOLA"
+            )
         if not self.basis_variance > 0:
             raise PresetError(f"NOLA basis_variance must be > 0, got {self.basis_variance}; the paper uses 0.25")
         if not 0 <= self.seed < 2**63:

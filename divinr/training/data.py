@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from divinr.atomic import atomic_path
 from divinr.data.gop import GoP, latent_coordinates
 from divinr.models.backbone import Backbone
+from divinr.training.resume import EpochShuffle
 
 
 @torch.no_grad()
@@ -64,6 +65,6 @@ class LatentGoPs(Dataset):
 
 
 def gop_loader(dataset: LatentGoPs, *, shuffle: bool = True, seed: int = 0) -> DataLoader:
-    """One GoP per step (the paper's sample); shuffled with a seeded generator for reproducibility."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=1, shuffle=shuffle, generator=generator, num_workers=0)
+    """One GoP per step (the paper's sample); each epoch's order comes from (seed, epoch), so a resumed run keeps it."""
+    sampler = EpochShuffle(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0)

@@ -48,6 +48,13 @@ class Phase:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise PresetError(f"phase {self.name!r}: epochs must be >= 0, got {self.epochs}")
+        for group in ("inr_lr", "nola_lr"):
+            # A negative rate trains by gradient ascent, zero not at all, NaN diverges at step one.
+            value = getattr(self, group)
+            if not (math.isfinite(value) and value > 0):
+                raise PresetError(f"phase {self.name!r}: {group} must be a positive finite number, got {value}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise PresetError(f"phase {self.name!r}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.prune_fraction < 1.0:
             raise PresetError(f"phase {self.name!r}: prune_fraction must be in [0, 1), got {self.prune_fraction}")
         if not 0.0 <= self.quant_noise <= 1.0:
