@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import read_video, resize_frames
-from divinr.errors import PresetError, VideoFormatError
+from divinr.errors import DivinrError, PresetError, VideoFormatError
 from divinr.models.inr import INRConfig, LatentINR
 from divinr.training.hinerv import (
     HINERV_PRESETS,
@@ -315,6 +315,9 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path: Path) -> Non
     resumed = _StopAt(None)
     inr, history = train_hinerv(frames, config, phases, callbacks=[resumed], **common)
     assert resumed.seen == [4, 5, 6]  # nothing trained twice
+    straight, _ = train_hinerv(frames, config, phases, **{**common, "workdir": None})
+    for (name, a), b in zip(inr.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs from the uninterrupted training"  # bit-exact resume
     assert history["stage"] == ["dense"] * 3 + ["prune"] * 2 + ["quant"] * 2 and len(history["loss"]) == 7
     total = sum(w.numel() for _, w in inr.decoder_parameters())
     assert sum(int((w == 0).sum()) for _, w in inr.decoder_parameters()) >= round(0.15 * total)
@@ -325,6 +328,15 @@ class _Poison(L.Callback):
         if trainer.current_epoch == 1:
             with torch.no_grad():
                 next(pl_module.inr.parameters()).view(-1)[0] = float("nan")
+
+
+def test_a_busy_work_folder_is_refused(tmp_path: Path) -> None:
+    from divinr.training.resume import workdir_lock
+
+    frames = torch.rand(4, 3, 48, 64)
+    with workdir_lock(tmp_path), pytest.raises(DivinrError, match="in use by another encode"):
+        train_hinerv(frames, hinerv_config("4xs", (48, 64), 4), paper_phases(1, 0, 0), workdir=tmp_path,
+                     clip_len=2, accelerator="cpu", enable_progress_bar=False)
 
 
 def test_diverged_training_stops_at_the_end_of_the_epoch() -> None:

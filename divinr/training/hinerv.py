@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +39,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 from divinr.models.inr import INRConfig, LatentINR, parameter_owners
-from divinr.training.resume import epoch_checkpoint, prepare_workdir, resume_path, settings_digest
+from divinr.training.resume import (
+    EpochShuffle,
+    StepSeed,
+    epoch_checkpoint,
+    prepare_workdir,
+    resume_path,
+    settings_digest,
+    workdir_lock,
+)
 from divinr.training.stages import Phase, StageCallback, phase_at, total_epochs
 
 HINERV_REFERENCE_FRAMES = 600
@@ -401,29 +410,30 @@ def train_hinerv(
     if config.head != "rgb":
         raise PresetError(f"the HiNeRV baseline needs head='rgb', got head={config.head!r}; use hinerv_config")
     dataset = FrameClips(frames, clip_len)
-    L.seed_everything(seed, verbose=False)
-    module = HiNeRVModule(LatentINR(config, tuple(frames.shape[-2:])), phases)
-    loader = DataLoader(dataset, batch_size=None, shuffle=True, generator=torch.Generator().manual_seed(seed))
     workdir = Path(workdir) if workdir is not None else None
-    if workdir is not None:
-        settings = {"config": config, "phases": phases, "clip_len": clip_len, "seed": seed}
-        prepare_workdir(workdir, settings_digest(settings, frames))
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_epochs=total_epochs(phases),
-        max_time=max_time,
-        logger=logger if logger is not None else False,
-        callbacks=[*(callbacks or []), *([epoch_checkpoint(workdir)] if workdir is not None else [])],
-        enable_checkpointing=workdir is not None,
-        default_root_dir=str(workdir) if workdir is not None else None,
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=min(50, len(dataset)),
-    )
-    trainer.fit(module, loader, ckpt_path=resume_path(workdir))
+    with workdir_lock(workdir) if workdir is not None else nullcontext():
+        L.seed_everything(seed, verbose=False)
+        module = HiNeRVModule(LatentINR(config, tuple(frames.shape[-2:])), phases)
+        loader = DataLoader(dataset, batch_size=None, sampler=EpochShuffle(len(dataset), seed))
+        if workdir is not None:
+            settings = {"config": config, "phases": phases, "clip_len": clip_len, "seed": seed}
+            prepare_workdir(workdir, settings_digest(settings, frames))
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=precision,
+            max_epochs=total_epochs(phases),
+            max_time=max_time,
+            logger=logger if logger is not None else False,
+            callbacks=[*(callbacks or []), StepSeed(seed), *([epoch_checkpoint(workdir)] if workdir is not None else [])],
+            enable_checkpointing=workdir is not None,
+            default_root_dir=str(workdir) if workdir is not None else None,
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=min(50, len(dataset)),
+        )
+        trainer.fit(module, loader, ckpt_path=resume_path(workdir))
     return module.inr.eval(), module.history
 
 
