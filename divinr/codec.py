@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import resource
 import time
-from contextlib import nullcontext
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -48,14 +47,7 @@ from divinr.models.nola import NOLAConfig, eject_nola, nola_layers, nola_state_d
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
 from divinr.training.losses import LossConfig
 from divinr.training.module import DiVINRModule
-from divinr.training.resume import (
-    StepSeed,
-    epoch_checkpoint,
-    prepare_workdir,
-    resume_path,
-    settings_digest,
-    workdir_lock,
-)
+from divinr.training.resume import prepare_workdir, resumable_callbacks, resume_path, settings_digest, workdir_lock
 from divinr.training.stages import Phase, paper_phases, total_epochs
 
 
@@ -211,16 +203,13 @@ def _make_trainer(
     config: EncoderConfig, workdir: Path | None, logger: Any, callbacks: Sequence[L.Callback], progress: bool
 ) -> L.Trainer:
     device = config.resolved_device()
-    all_callbacks = [*callbacks, StepSeed(config.seed)]
-    if workdir is not None:
-        all_callbacks.append(epoch_checkpoint(workdir))
     return L.Trainer(
         max_epochs=total_epochs(config.phases),
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         precision=config.resolved_precision(),
         logger=logger if logger is not None else False,
-        callbacks=all_callbacks,
+        callbacks=[*callbacks, *resumable_callbacks(config.seed, workdir)],
         enable_checkpointing=workdir is not None,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -280,7 +269,7 @@ def train_codec(
     """
     header = plan_header(video, config)
     workdir = Path(workdir) if workdir is not None else None
-    with workdir_lock(workdir) if workdir is not None else nullcontext():
+    with workdir_lock(workdir):
         device = config.resolved_device()
         backbone = load_backbone(
             config.backbone,

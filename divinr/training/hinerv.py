@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,9 +40,8 @@ from divinr.errors import PresetError, VideoFormatError, unknown_choice
 from divinr.models.inr import INRConfig, LatentINR, parameter_owners
 from divinr.training.resume import (
     EpochShuffle,
-    StepSeed,
-    epoch_checkpoint,
     prepare_workdir,
+    resumable_callbacks,
     resume_path,
     settings_digest,
     workdir_lock,
@@ -411,7 +409,7 @@ def train_hinerv(
         raise PresetError(f"the HiNeRV baseline needs head='rgb', got head={config.head!r}; use hinerv_config")
     dataset = FrameClips(frames, clip_len)
     workdir = Path(workdir) if workdir is not None else None
-    with workdir_lock(workdir) if workdir is not None else nullcontext():
+    with workdir_lock(workdir):
         L.seed_everything(seed, verbose=False)
         module = HiNeRVModule(LatentINR(config, tuple(frames.shape[-2:])), phases)
         loader = DataLoader(dataset, batch_size=None, sampler=EpochShuffle(len(dataset), seed))
@@ -425,7 +423,7 @@ def train_hinerv(
             max_epochs=total_epochs(phases),
             max_time=max_time,
             logger=logger if logger is not None else False,
-            callbacks=[*(callbacks or []), StepSeed(seed), *([epoch_checkpoint(workdir)] if workdir is not None else [])],
+            callbacks=[*(callbacks or []), *resumable_callbacks(seed, workdir)],
             enable_checkpointing=workdir is not None,
             default_root_dir=str(workdir) if workdir is not None else None,
             enable_progress_bar=enable_progress_bar,

@@ -90,9 +90,16 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def resumable_callbacks(seed: int, workdir: Path | None) -> list[L.Callback]:
+    """What makes a training resumable and its resume bit-exact: per-step seeds, and with a
+    work folder the epoch-end checkpoint (both trainers use exactly these)."""
+    return [StepSeed(seed), *([epoch_checkpoint(workdir)] if workdir is not None else [])]
+
+
 @contextmanager
-def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``workdir`` (created if missing) while one training uses it.
+def workdir_lock(workdir: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``workdir`` (created if missing) while one training uses it;
+    without a work folder there is nothing to share and nothing is locked.
 
     A second training on the same folder would resume from the first one's live checkpoint
     (or delete it) and both would write different streams, so it is refused at once. The lock
@@ -103,6 +110,9 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     Raises:
         DivinrError: another process holds the lock.
     """
+    if workdir is None:
+        yield
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCK_NAME
     while True:
