@@ -40,8 +40,8 @@ from divinr.data.gop import pixel_count, split_gops
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError
-from divinr.inference.decoder import render_conditioning
-from divinr.inference.sampler import SamplerConfig, initial_noise, sample
+from divinr.inference.decoder import render_conditioning, sample_gop
+from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.bd import bd_metric
 from divinr.metrics.evaluate import evaluate_sequence
 from divinr.models.backbone import MASK_CHANNELS, backbone_fingerprint, load_backbone
@@ -136,7 +136,7 @@ def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights:
             for index, gop in enumerate(split_gops(frames)):
                 y = backbone.encode(gop.frames)[None]
                 m = torch.ones((1, MASK_CHANNELS, *y.shape[2:]))
-                z0 = sample(lambda x, t: backbone.predict(x, y, m, t), initial_noise(tuple(y.shape), config, index), config)
+                z0 = sample_gop(backbone, y, m, config, index)
                 decoded.append(backbone.decode(z0[0])[: gop.num_real])
         return {"codec": "dit_ceiling", "param": None, "bpp": None, **_score(frames, torch.cat(decoded))}
 

@@ -35,7 +35,7 @@ from divinr.compression.bitstream import (
 )
 from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
 from divinr.errors import BitstreamError, DivinrError, PresetError
-from divinr.inference.sampler import initial_noise, sample
+from divinr.inference.sampler import SamplerConfig, initial_noise, sample
 from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
 from divinr.models.nola import (
@@ -177,6 +177,28 @@ def check_backbone(backbone: Backbone, stream: Bitstream, fingerprint: bytes | N
         )
 
 
+def sample_gop(
+    backbone: Backbone,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    config: SamplerConfig,
+    gop_index: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Sample GoP ``gop_index``'s clean latents (1, 16, T', h, w) from its seeded noise, given (y, M):
+    the one sampling call of the decoder, so anything that measures "what the decoder would give
+    with this conditioning" runs exactly it."""
+    noise = initial_noise(tuple(y.shape), config, gop_index).to(y.device)
+    return sample(
+        lambda x, t: backbone.predict(x, y.to(x.dtype), m.to(x.dtype), t),
+        noise,
+        config,
+        model_dtype=backbone.model_dtype,
+        progress=progress,
+    )
+
+
 @torch.no_grad()
 def reconstruct(
     backbone: Backbone,
@@ -191,23 +213,14 @@ def reconstruct(
     header = stream.header
     spans = plan_gops(header.frames, header.gop_size)
     coords = latent_coordinates(spans)
-    h, w = header.latent_size
     inr = inr.to(device)
-    model_dtype = backbone.model_dtype
     frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
     latents = []
     steps = len(spans) * header.sampler.steps
     with tqdm(total=steps, desc="decode", unit="step", disable=not progress) as bar:
         for span, f in zip(spans, coords):
             y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
-            noise = initial_noise((1, y.shape[1], span.num_latent, h, w), header.sampler, span.index).to(device)
-            z0 = sample(
-                lambda x, t: backbone.predict(x, y.to(x.dtype), m.to(x.dtype), t),
-                noise,
-                header.sampler,
-                model_dtype=model_dtype,
-                progress=bar.update,
-            )
+            z0 = sample_gop(backbone, y, m, header.sampler, span.index, progress=bar.update)
             video = backbone.decode(z0[0])[: span.num_real].cpu()
             latents.append(z0[0].cpu())
             frames[span.start : span.start + span.num_real] = video
