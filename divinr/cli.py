@@ -237,16 +237,13 @@ def _encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from divinr.codec import decompress
-    from divinr.compression.bitstream import unpack
     from divinr.data.video import WRITE_SUFFIXES, write_video
-    from divinr.inference.decoder import check_decode_memory, memory_budget
+    from divinr.inference.decoder import memory_budget
 
     check_output(args.output, WRITE_SUFFIXES, "video", inputs=(args.input,))
     data = _read_stream(args.input)
-    budget = int(args.max_memory * 2**30)
-    check_decode_memory(unpack(data).header, budget)  # before the backbone is loaded
     start = time.perf_counter()
-    with memory_budget(budget):
+    with memory_budget(int(args.max_memory * 2**30)):  # decompress checks it before loading the backbone
         decoded = decompress(data, backbone_path=args.backbone_path, device=args.device)
     write_video(args.output, decoded.frames, decoded.fps)
     t, _, h, w = decoded.frames.shape

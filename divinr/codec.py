@@ -39,7 +39,7 @@ from divinr.compression.container import write_container
 from divinr.data.gop import pixel_count, plan_gops, split_gops
 from divinr.data.video import Video, read_video
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
-from divinr.inference.decoder import Decoded, decode_stream
+from divinr.inference.decoder import Decoded, check_decode_memory, decode_stream
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
 from divinr.models.inr import build_inr, inr_config
@@ -370,8 +370,13 @@ def decompress(
     device: str = "auto",
     progress: bool = True,
 ) -> Decoded:
-    """Decode a bitstream with the public backbone its header names (loaded fresh)."""
+    """Decode a bitstream with the public backbone its header names (loaded fresh).
+
+    The decoded video is checked against the memory budget
+    (:func:`divinr.inference.decoder.memory_budget`) before the backbone is loaded.
+    """
     header = unpack(data).header
+    check_decode_memory(header)
     target = resolve_device(device)
     backbone = None
     if header.kind == CodecKind.DIVINR:
