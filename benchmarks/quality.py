@@ -44,7 +44,7 @@ from divinr.inference.decoder import render_conditioning, sample_gop
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.bd import bd_metric
 from divinr.metrics.evaluate import evaluate_sequence
-from divinr.models.backbone import MASK_CHANNELS, backbone_fingerprint, load_backbone
+from divinr.models.backbone import MASK_CHANNELS, Backbone, backbone_fingerprint, load_backbone
 from divinr.training.stages import paper_phases
 
 # (clip, width, height): bikes as the demo codes it; carphone, held out of pretraining, natively.
@@ -87,9 +87,10 @@ def codec_settings(codec: object) -> dict[str, str]:
 
 
 def divinr_points(
-    video: Video, preset: str, args: argparse.Namespace, folder: Path, weights: dict[str, Any]
+    video: Video, preset: str, args: argparse.Namespace, folder: Path, backbone: Backbone, weights: dict[str, Any]
 ) -> list[dict]:
-    """One DiV-INR point and its "INR only" twin, from the same bitstream."""
+    """One DiV-INR point and its "INR only" twin, from the same bitstream (``backbone``, the plain
+    one, decodes the twin; the encode loads its own, which NOLA adapts)."""
     frames = video.frames
     stream_path = folder / f"divinr-{preset}.dvr"
 
@@ -106,7 +107,7 @@ def divinr_points(
 
     def inr_only() -> dict[str, Any]:
         data = stream_path.read_bytes()
-        decoded = render_conditioning(load_backbone(args.backbone), unpack(data))
+        decoded = render_conditioning(backbone, unpack(data))
         bpp = len(data) * 8 / pixel_count(video.num_frames, video.width, video.height)
         return {"codec": "inr_only", "param": preset, "bpp": bpp, **_score(frames, decoded.frames)}
 
@@ -115,9 +116,8 @@ def divinr_points(
             cached(folder / f"inr_only-{preset}.json", inr_only, settings)]
 
 
-def vae_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
+def vae_ceiling(frames: torch.Tensor, backbone: Backbone, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
-        backbone = load_backbone(backbone_name)
         with torch.no_grad():
             decoded = torch.cat([backbone.decode(backbone.encode(g.frames))[: g.num_real] for g in split_gops(frames)])
         return {"codec": "vae_ceiling", "param": None, "bpp": None, **_score(frames, decoded)}
@@ -125,11 +125,10 @@ def vae_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights:
     return cached(folder / "vae_ceiling.json", compute, weights)
 
 
-def dit_ceiling(frames: torch.Tensor, backbone_name: str, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
+def dit_ceiling(frames: torch.Tensor, backbone: Backbone, folder: Path, weights: dict[str, Any]) -> dict[str, Any]:
     """The diffusion stage's own ceiling: each GoP sampled (unadapted DiT, the codec's sampler and
     noise seeds) from its exact latents as ``y`` with ``M = 1``, what a perfect INR would give."""
     def compute() -> dict[str, Any]:
-        backbone = load_backbone(backbone_name)
         config = SamplerConfig()
         decoded = []
         with torch.no_grad():
@@ -222,16 +221,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
     results: dict[str, Any] = {}
-    weights = {"backbone": args.backbone, "fingerprint": backbone_fingerprint(load_backbone(args.backbone)).hex()}
+    backbone = load_backbone(args.backbone)  # plain: the ceilings and the INR-only decodes
+    weights = {"backbone": args.backbone, "fingerprint": backbone_fingerprint(backbone).hex()}
     for clip in args.clips:
         width, height = CLIPS[clip]
         video = load_clip(sample_clip_path(clip), width=width, height=height, max_frames=args.frames)
         folder = out / "points" / clip
         folder.mkdir(parents=True, exist_ok=True)
-        points = [vae_ceiling(video.frames, args.backbone, folder, weights),
-                  dit_ceiling(video.frames, args.backbone, folder, weights)]
+        points = [vae_ceiling(video.frames, backbone, folder, weights),
+                  dit_ceiling(video.frames, backbone, folder, weights)]
         for preset in args.inr:
-            points += divinr_points(video, preset, args, folder, weights)
+            points += divinr_points(video, preset, args, folder, backbone, weights)
         if not args.skip_anchors:
             points += anchor_points("hinerv", {"epochs": tuple(args.hinerv_epochs), "device": "cpu"},
                                     [{"preset": p} for p in args.hinerv], video.frames, video.fps, folder)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import benchmarks.quality as quality
 from benchmarks.quality import bd_table, cached, codec_settings, dit_ceiling, vae_ceiling
 from divinr.codec import load_clip
 from divinr.data.samples import sample_clip_path
@@ -73,13 +72,12 @@ def test_dit_ceiling_with_an_exact_flow_reproduces_the_vae_ceiling(tmp_path: Pat
         return (z_t - y) / (timestep.view(-1, 1, 1, 1, 1) / 1000)
 
     monkeypatch.setattr(backbone, "predict", exact_flow)
-    monkeypatch.setattr(quality, "load_backbone", lambda name: backbone)
     frames = load_clip(sample_clip_path("bikes"), width=64, height=48, max_frames=9).frames
-    vae = vae_ceiling(frames, "mini", tmp_path, {})
-    dit = dit_ceiling(frames, "mini", tmp_path, {})
+    vae = vae_ceiling(frames, backbone, tmp_path, {})
+    dit = dit_ceiling(frames, backbone, tmp_path, {})
     assert dit["codec"] == "dit_ceiling" and dit["bpp"] is None
     assert dit["psnr"] == pytest.approx(vae["psnr"], abs=0.05)
     assert seen_masks and all(bool(m.eq(1).all()) for m in seen_masks)
     monkeypatch.setattr(backbone, "predict", lambda z_t, y, m, t: torch.zeros_like(z_t))  # a DiT that ignores y
-    blind = dit_ceiling(frames, "mini", tmp_path / "blind", {})
+    blind = dit_ceiling(frames, backbone, tmp_path / "blind", {})
     assert blind["psnr"] < vae["psnr"] - 3
