@@ -72,7 +72,7 @@ class PretrainConfig:
     vae_crop: int = 64
     vae_lr: float = 8e-4
     kl_weight: float = 1e-5
-    dit_steps: int = 3000
+    dit_steps: int = 6000
     dit_tokens: int = 12288  # latent positions (T' x h x w) per batch; the batch size follows the crop
     dit_lr: float = 6e-4
     window_stride: int = 16
