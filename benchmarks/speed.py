@@ -264,7 +264,8 @@ def build_setup(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inr = build_inr(inr_config(inr_size), latent[3:])
-    module = DiVINRModule(backbone, inr.to(device), paper_phases(), NOLAConfig())
+    backbone.adapt(NOLAConfig())
+    module = DiVINRModule(backbone, inr.to(device), paper_phases())
     with torch.no_grad():
         for layer in nola_layers(module.transformer).values():
             layer.nola_beta.copy_(torch.randn(layer.nola_beta.shape, generator=generator) * BETA_STD)

@@ -191,10 +191,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     """``cmd_encode`` once the flags are checked: every output is checked before the clip is read and trained on."""
-    from divinr.codec import EncoderConfig, compress, load_clip
+    from divinr.codec import DiVINRCodec, load_clip
     from divinr.data.video import WRITE_SUFFIXES, write_video
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
+    from divinr.training.encoder import EncoderConfig
     from divinr.training.stages import paper_phases
 
     width, height = args.resolution
@@ -224,11 +225,13 @@ def _encode(args: argparse.Namespace) -> int:
             args.backbone not in ("tiny", "mini") if args.gradient_checkpointing is None else args.gradient_checkpointing
         ),
     )
-    result = compress(video, config, workdir=args.workdir, bitstream_path=args.output)
-    if args.recon:
+    result = DiVINRCodec(config).encode(
+        video, workdir=args.workdir, bitstream_path=args.output, reconstruct=bool(args.recon)
+    )
+    if result.reconstruction is not None:
         write_video(args.recon, result.reconstruction.frames, video.fps)
     print(
-        f"wrote {args.output}: {len(result.bitstream)} bytes, {result.bpp:.5f} bpp "
+        f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp "
         f"(inr {result.bits['inr']} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )
@@ -266,14 +269,15 @@ def stream_info(data: bytes) -> dict[str, Any]:
         read_header,
     )
 
+    from divinr.rate import bits_per_pixel
+
     v = read_header(data)
     bits = bits_breakdown(data)
     heads = {code: name for name, code in INR_HEAD_CODES.items()}
     return {
         "format_version": FORMAT_VERSION,
         "kind": CodecKind(v["kind"]).name.lower(),
-        # over the real frames, as divinr.data.gop.pixel_count (not imported: it loads torch)
-        "bpp": bits["total"] / (v["frames"] * v["width"] * v["height"]),
+        "bpp": bits_per_pixel(len(data), v["frames"], v["width"], v["height"]),
         "bytes": len(data),
         "bits": bits,
         "frames": v["frames"],

@@ -1,7 +1,7 @@
 """Run one rate point of one sequence from a Hydra config, and nothing twice.
 
     cfg --encoder_config/load_frames--> EncoderConfig, Video
-        --divinr.codec.compress--> stream.dvr (atomic)
+        --DiVINRCodec.encode--> stream.dvr (atomic)
         --decompress(stream.dvr bytes, fresh backbone)--> decoded.mp4, metrics
         --> compare.png (original / decoded / error of three frames)
         --> fid_stats.npz (atomic; FID statistics for pooled per-dataset FID)
@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from divinr.anchors.base import VideoSource
-from divinr.codec import EncoderConfig, check_resolution, compress, decompress
+from divinr.codec import DiVINRCodec, check_resolution, decompress
 from divinr.data.datasets import dataset_key, get_dataset, sequence_source
 from divinr.data.samples import SAMPLE_CLIPS, sample_clip_path
 from divinr.data.video import Video, read_video, write_video
@@ -61,6 +61,8 @@ from divinr.results import (
     read_result,
     write_result,
 )
+from divinr.rate import bits_per_pixel
+from divinr.training.encoder import EncoderConfig
 from divinr.training.losses import LossConfig
 from divinr.training.stages import Phase, paper_phases
 from experiments.callbacks import summary_table
@@ -76,7 +78,7 @@ LOG_NAME = "logs"
 LOGGERS = ("none", "csv", "wandb")
 # Settings that may change between a finished point and a re-run without changing its result.
 _ENVIRONMENT_KEYS = (
-    "results_root", "force", "rescore", "keep_workdir", "progress", "print_summary", "metrics", "logger", "label",
+    "results_root", "force", "rescore", "keep_workdir", "verify_decode", "progress", "print_summary", "metrics", "logger", "label",
     "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
 )
 
@@ -345,6 +347,15 @@ def _rescore_point(cfg: DictConfig, run_dir: Path, stored: RunResult, metrics: l
     return rescore_result(stored, run_dir, load_frames(cfg).frames, read_video(decoded_file).frames, metrics)
 
 
+def decode_agreement(reconstruction: torch.Tensor, decoded: torch.Tensor, run_dir: Path) -> dict[str, Any]:
+    """Whether the encoder's reconstruction and the decode from the file are the same frames (a warning if not)."""
+    matches = reconstruction.shape == decoded.shape and torch.equal(reconstruction, decoded)
+    max_diff = 0.0 if matches else float((decoded - reconstruction).abs().max())
+    if not matches:
+        warnings.warn(f"{run_dir}: decoded frames differ from the encoder's reconstruction (max |diff| {max_diff:.3g})")
+    return {"decoder_matches_encoder": matches, "decoder_max_abs_diff": max_diff}
+
+
 def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) -> RunResult:
     """Encode, write the stream, decode it from the file, evaluate; the result to be written."""
     config = encoder_config(cfg)
@@ -353,8 +364,8 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
     logger = make_logger(cfg, run_dir, f"{cfg.exp_name}/{dataset}/{sequence}/{cfg.rate_point}")
     stream = run_dir / STREAM_NAME
     # The stream is written as soon as it exists, so a failure afterwards never loses the training.
-    compressed = compress(
-        video, config, workdir=run_dir / WORK_NAME, logger=logger, progress=cfg.progress, bitstream_path=stream
+    encoded = DiVINRCodec(config, progress=cfg.progress).encode(
+        video, workdir=run_dir / WORK_NAME, logger=logger, bitstream_path=stream, reconstruct=cfg.verify_decode
     )
     # The honest decoder: only the file and the public backbone, loaded afresh.
     start = time.perf_counter()
@@ -362,27 +373,21 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
         stream.read_bytes(), backbone_path=cfg.backbone.path, device=config.device, progress=cfg.progress
     )
     decode_seconds = time.perf_counter() - start
-    matches = decoded.frames.shape == compressed.reconstruction.frames.shape and torch.equal(
-        decoded.frames, compressed.reconstruction.frames
-    )
-    max_diff = 0.0 if matches else float((decoded.frames - compressed.reconstruction.frames).abs().max())
-    if not matches:
-        warnings.warn(f"{run_dir}: decoded frames differ from the encoder's reconstruction (max |diff| {max_diff:.3g})")
-    compressed.reconstruction.frames = torch.empty(0)  # a third full-length float32 copy is not needed any more
+    checks = {}
+    if encoded.reconstruction is not None:
+        checks = decode_agreement(encoded.reconstruction.frames, decoded.frames, run_dir)
+        encoded.reconstruction = None  # a third full-length float32 copy is not needed any more
     write_video(run_dir / DECODED_NAME, decoded.frames, decoded.fps)
     plot_comparison(video.frames, decoded.frames, run_dir / COMPARE_NAME)
 
-    pixels = video.num_frames * video.width * video.height
-    bpp = os.path.getsize(stream) * 8 / pixels
-    if bpp != compressed.bpp:
-        raise RuntimeError(f"bpp of {stream} ({bpp}) differs from the encoder's count ({compressed.bpp})")
+    bpp = bits_per_pixel(os.path.getsize(stream), video.num_frames, video.width, video.height)
     scores = evaluate_sequence(
         video.frames, decoded.frames, metrics=list(cfg.metrics),
         device=None if config.device == "auto" else config.device, skip_missing=True,
     )
     if isinstance(logger, WandbLogger):
         try:
-            payload = {f"bits/{k}": v for k, v in compressed.bits.items()}
+            payload = {f"bits/{k}": v for k, v in encoded.bits.items()}
             payload.update({"bpp": bpp, **{f"eval/{m}": scores[m] for m in cfg.metrics if scores[m] is not None}})
             log_media(logger.experiment, cfg, video, decoded.frames, payload)
         except Exception as exc:  # noqa: BLE001 - media logging is a convenience, never a failure
@@ -395,24 +400,23 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
         sequence=sequence,
         rate_point=cfg.rate_point,
         bpp=bpp,
-        bits=dict(compressed.bits),
+        bits=dict(encoded.bits),
         frames=video.num_frames,
         width=video.width,
         height=video.height,
         fps=float(video.fps),
         **fields,
-        encode_seconds=compressed.encode_seconds,
+        encode_seconds=encoded.encode_seconds,
         decode_seconds=decode_seconds,
-        peak_memory_bytes=dict(compressed.peak_memory_bytes),
+        peak_memory_bytes=dict(encoded.peak_memory_bytes),
         backbone=cfg.backbone.preset,
         bitstream=STREAM_NAME,
         decoded=DECODED_NAME,
         git_commit=git_commit(),
         config={
             "resolved": resolved,
-            "checks": {"decoder_matches_encoder": matches, "decoder_max_abs_diff": max_diff},
-            "decode_seconds_in_encoder": compressed.decode_seconds,
-            "final_losses": compressed.history[-1] if compressed.history else {},
+            **({"checks": checks, "decode_seconds_in_encoder": encoded.decode_seconds} if checks else {}),
+            "final_losses": encoded.history[-1] if encoded.history else {},
             **extra,
         },
     )

@@ -162,7 +162,9 @@ class DivinrConfig:
     ablation adds tags such as ``-b500``), ``codec`` names the RD curve the point belongs to.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
-    (``experiments.anchors``); the DiV-INR groups are then unused.
+    (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
+    from its file, with a freshly loaded backbone; ``verify_decode=true`` also reconstructs in
+    the encoder and records whether the two decodes agree bit for bit (one more full decode).
     """
 
     exp_name: str = "default"
@@ -173,6 +175,7 @@ class DivinrConfig:
     force: bool = False
     rescore: bool = False
     keep_workdir: bool = False
+    verify_decode: bool = False
     progress: bool = True
     print_summary: bool = False
     gop_size: int = 25

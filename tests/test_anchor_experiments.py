@@ -29,7 +29,7 @@ from divinr.data.samples import sample_clip_path
 from divinr.errors import PresetError
 from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
-from divinr.training.hinerv import SEQUENCE_PRESETS
+from divinr.models.pixel_inr import SEQUENCE_PRESETS
 from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"

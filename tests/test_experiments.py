@@ -25,7 +25,8 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 import experiments
-from divinr.codec import EncoderConfig, load_clip
+from divinr.codec import load_clip
+from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import DATASETS
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import read_video
@@ -33,7 +34,7 @@ from divinr.errors import PresetError
 from divinr.models.backbone import BACKBONE_PRESETS, build_backbone_on_meta
 from divinr.data.gop import split_gops
 from divinr.models.inr import INR_PRESETS, build_inr, count_parameters, inr_config
-from divinr.models.nola import NOLAConfig, count_nola_coefficients, inject_nola
+from divinr.models.nola import NOLAConfig, count_nola_coefficients
 from divinr.results import read_result
 from divinr.training.stages import total_epochs
 from experiments import run as run_module
@@ -92,7 +93,7 @@ def test_every_experiment_composes_and_instantiates(name: str) -> None:
 @pytest.fixture(scope="module")
 def nola_coefficients() -> int:
     backbone = build_backbone_on_meta("wan2.1-fun-1.3b-inp")
-    inject_nola(backbone.transformer, NOLAConfig(), extra_targets=backbone.nola_extra_targets())
+    backbone.adapt(NOLAConfig())
     return count_nola_coefficients(backbone.transformer)
 
 

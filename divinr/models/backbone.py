@@ -29,6 +29,7 @@ from huggingface_hub.errors import HFValidationError
 from torch import Tensor, nn
 
 from divinr.errors import MissingWeightsError, PresetError, VideoFormatError, unknown_choice
+from divinr.models.nola import NOLAConfig, inject_nola
 
 LATENT_CHANNELS = 16
 MASK_CHANNELS = 4
@@ -333,6 +334,14 @@ class Backbone:
         if self.widened_channels is None:
             return {}
         return {"patch_embedding": {"in_channel_slice": self.widened_channels}}
+
+    def adapt(self, config: NOLAConfig) -> list[str]:
+        """Inject NOLA into the transformer (in place, the paper's targets plus :meth:`nola_extra_targets`).
+
+        The one place the encoder and the decoder adapt a backbone, so both adapt the same layers;
+        returns the adapted layer names (``[]`` for ``num_bases=0``).
+        """
+        return inject_nola(self.transformer, config, extra_targets=self.nola_extra_targets())
 
     def eval(self) -> Backbone:
         """Put both networks in eval mode (call again after any ``train()`` of a parent)."""
