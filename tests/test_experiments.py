@@ -37,6 +37,7 @@ from divinr.models.nola import NOLAConfig, count_nola_coefficients, inject_nola
 from divinr.results import read_result
 from divinr.training.stages import total_epochs
 from experiments import run as run_module
+from experiments import wandb_logging
 from experiments.callbacks import RDCurvesCallback
 from experiments.run import STREAM_NAME, WORK_NAME, encoder_config, point_dir, run
 
@@ -308,7 +309,7 @@ def test_wandb_failure_falls_back_to_csv(tmp_path: Path, monkeypatch: pytest.Mon
     def broken(**kwargs: object) -> None:
         raise RuntimeError("no network")
 
-    monkeypatch.setattr(run_module, "WandbLogger", broken)
+    monkeypatch.setattr(wandb_logging, "WandbLogger", broken)
     with pytest.warns(UserWarning, match="W&B unavailable"):
         logger = run_module.make_logger(compose_cfg("logger=wandb"), tmp_path, "t")
     assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "logs"
