@@ -38,6 +38,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from divinr.anchors.base import VideoSource
 from divinr.codec import EncoderConfig, check_resolution, compress, decompress
@@ -63,7 +64,7 @@ from divinr.results import (
 from divinr.training.losses import LossConfig
 from divinr.training.stages import Phase, paper_phases
 from experiments.callbacks import summary_table
-from experiments.schema import register_configs
+from experiments.schema import library_kwargs, register_configs
 from experiments.wandb_logging import OfflineNotice, finish_wandb, log_media, wandb_logger
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ _ENVIRONMENT_KEYS = (
     "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
 )
 
-register_configs()
-
 
 # ---------------------------------------------------------------------------- config -> objects
 
@@ -96,12 +95,12 @@ def training_phases(training: DictConfig) -> list[Phase]:
         Phases with Quant-Noise at ``training.bits`` (the width the bitstream quantises to).
     """
     if training.phases:
-        return [Phase(**OmegaConf.to_container(p), quant_bits=training.bits) for p in training.phases]
-    return paper_phases(
-        training.dense_epochs, training.prune_epochs, training.quant_epochs,
-        inr_lr=training.inr_lr, nola_lr=training.nola_lr, prune_fraction=training.prune_fraction,
-        rho=training.rho, bits=training.bits,
-    )
+        try:
+            explicit = [OmegaConf.to_container(p, throw_on_missing=True) for p in training.phases]
+        except MissingMandatoryValue as exc:
+            raise PresetError(f"training.phases: every phase needs a name and epochs ({exc.key} is not set)") from None
+        return [Phase(**p, quant_bits=training.bits) for p in explicit]
+    return paper_phases(**library_kwargs(paper_phases, training))
 
 
 def encoder_config(cfg: DictConfig) -> EncoderConfig:
@@ -130,7 +129,7 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         inr_overrides=overrides,
         nola=NOLAConfig(**OmegaConf.to_container(cfg.nola, resolve=True)),
         phases=training_phases(training),
-        loss=LossConfig(training.lambda_start, training.lambda_end, training.logit_mean, training.logit_std),
+        loss=LossConfig(**library_kwargs(LossConfig, training)),
         sampler=SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True)),
         gop_size=cfg.gop_size,
         mask_mode=cfg.mask_mode,
@@ -469,4 +468,5 @@ def main(cfg: DictConfig) -> RunResult | list[RunResult | None] | None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schema Hydra composes against: stored here, not on import
     main()

@@ -40,6 +40,7 @@ from experiments import run as run_module
 from experiments import wandb_logging
 from experiments.callbacks import RDCurvesCallback
 from experiments.run import STREAM_NAME, WORK_NAME, encoder_config, point_dir, run
+from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml") if not p.stem.startswith("anchors_"))  # anchors: test_anchor_experiments.py
@@ -51,6 +52,7 @@ SMALL = [*TINY_RUN, "data.width=64", "data.height=64", "metrics=[psnr,psnr_y]"]
 
 
 def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
