@@ -71,10 +71,11 @@ def library_fields(
 
 
 def library_kwargs(source: type | Callable[..., Any], node: Mapping[str, Any]) -> dict[str, Any]:
-    """What a composed group holds for every field or parameter of ``source`` (the inverse of
-    :func:`library_fields` without renaming): the keyword arguments to call it with."""
-    names = [f.name for f in dataclasses.fields(source)] if dataclasses.is_dataclass(source) else inspect.signature(source).parameters
-    return {name: node[name] for name in names}
+    """The keyword arguments to call ``source`` with: what a composed group holds for each of its
+    fields or parameters (the inverse of :func:`library_fields` without renaming)."""
+    if dataclasses.is_dataclass(source):
+        return {f.name: node[f.name] for f in dataclasses.fields(source)}
+    return {name: node[name] for name in inspect.signature(source).parameters}
 
 
 def schema(name: str, doc: str, fields: Sequence[SchemaField]) -> type:
@@ -126,7 +127,9 @@ TrainingConf = schema(
         *library_fields(EncoderConfig, ("weight_decay", "seed", "device", "precision")),
     ],
 )
-SamplerConf = schema("SamplerConf", """``SamplerConfig`` fields (they travel in the bitstream header).""", library_fields(SamplerConfig))
+SamplerConf = schema(
+    "SamplerConf", """``SamplerConfig`` fields (they travel in the bitstream header).""", library_fields(SamplerConfig)
+)
 
 
 DataConf = schema(
@@ -234,4 +237,5 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="divinr_schema", node=DivinrConfig)
     for name, cls in CODECS.items():
-        store.store(group="anchor", name=f"{name}_defaults", node=AnchorConf(name=name, kwargs=constructor_defaults(cls)))
+        node = AnchorConf(name=name, kwargs=constructor_defaults(cls))
+        store.store(group="anchor", name=f"{name}_defaults", node=node)

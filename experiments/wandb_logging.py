@@ -232,7 +232,8 @@ def log_rd_to_wandb(
         return False
     labels = codec_labels(results)
     try:
-        payload: dict[str, Any] = {f"{prefix}/points": wandb.Table(columns=list(POINT_COLUMNS), data=point_rows(results))}
+        table = wandb.Table(columns=list(POINT_COLUMNS), data=point_rows(results))
+        payload: dict[str, Any] = {f"{prefix}/points": table}
         for metric in REPORTED_METRICS:
             by_dataset: dict[str, list[tuple[str, Curve]]] = defaultdict(list)
             for (dataset, codec), points in sorted(rd_points(results, metric, fid_stats).items()):
@@ -267,8 +268,9 @@ def log_table1(table: Table1, results: Sequence[RunResult], out_dir: Path, fid_s
             return
         import wandb
 
-        columns = ["codec"] + [f"{d}/{m}" for d in table.datasets for m in table.metrics]
-        rows = [[c] + [table.cells[(c, d, m)].value for d in table.datasets for m in table.metrics] for c in table.codecs]
+        cells = [(d, m) for d in table.datasets for m in table.metrics]
+        rows = [[c] + [table.cells[(c, d, m)].value for d, m in cells] for c in table.codecs]
+        columns = ["codec"] + [f"{d}/{m}" for d, m in cells]
         try:
             run.log({"table1": wandb.Table(columns=columns, data=rows)})
         except Exception as exc:  # noqa: BLE001 - the tables are on disk already
