@@ -41,7 +41,8 @@ import diffusers
 import torch
 
 from divinr.atomic import atomic_write_text
-from divinr.codec import check_resolution
+from divinr.codec import EncoderConfig, check_resolution
+from divinr.data.datasets import CODING_SIZE
 from divinr.data.gop import latent_frame_count
 from divinr.errors import PresetError, unknown_choice
 from divinr.inference.sampler import SamplerConfig, initial_noise, sample
@@ -105,9 +106,10 @@ TARGETS = (
         needs_paper_geometry=False,
     ),
 )
-PAPER_RESOLUTION = (1024, 576)
-PAPER_GOP = 25
-PAPER_STEPS = 20
+# The geometry the targets are stated for: the library's defaults, which are the paper's.
+PAPER_RESOLUTION = CODING_SIZE
+PAPER_GOP = EncoderConfig.gop_size
+PAPER_STEPS = SamplerConfig.steps
 
 
 class Stopwatch:
@@ -513,10 +515,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backbone", default="wan2.1-fun-1.3b-inp", choices=sorted(BACKBONE_PRESETS))
-    parser.add_argument("--resolution", default="1024x576", help="WIDTHxHEIGHT, multiples of 16")
-    parser.add_argument("--gop", type=int, default=25, help="frames per GoP, 1 + 4k")
+    parser.add_argument(
+        "--resolution", default="x".join(map(str, PAPER_RESOLUTION)), help="WIDTHxHEIGHT, multiples of 16"
+    )
+    parser.add_argument("--gop", type=int, default=PAPER_GOP, help="frames per GoP, 1 + 4k")
     parser.add_argument("--inr-size", default="s", choices=sorted(INR_PRESETS))
-    parser.add_argument("--steps", type=int, default=20, help="UniPC steps of the decoder")
+    parser.add_argument("--steps", type=int, default=PAPER_STEPS, help="UniPC steps of the decoder")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--baseline", action="store_true", help="also time the straightforward variant")

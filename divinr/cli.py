@@ -6,12 +6,13 @@ Problems a user can cause end with one line ``divinr: error: ...`` and exit stat
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +52,85 @@ def _gibibytes(text: str) -> float:
     return value
 
 
+class LibraryDefaultsParser(argparse.ArgumentParser):
+    """A subcommand parser whose defaults are read from the library when that subcommand runs.
+
+    The library's dataclasses declare the defaults; reading them imports torch, which
+    ``divinr info`` must not pay for, so each subcommand fetches its own only when chosen.
+    """
+
+    def __init__(self, *args: Any, library_defaults: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.library_defaults = library_defaults
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        if self.library_defaults is not None:
+            self.set_defaults(**self.library_defaults())  # before parsing, so --help shows them too
+        return super().parse_known_args(args, namespace)
+
+
+#: The encoder's backbone when none is named: the shipped, pretrained one; the library's own
+#: default (``EncoderConfig.backbone``) is the random ``tiny`` of the tests.
+CLI_BACKBONE = "mini"
+
+
+def encode_defaults() -> dict[str, Any]:
+    """``divinr encode`` flag defaults (by ``dest``), each read from the library setting it feeds."""
+    from divinr.codec import EncoderConfig, load_clip
+    from divinr.data.datasets import CODING_SIZE
+    from divinr.data.video import read_video
+    from divinr.inference.sampler import SamplerConfig
+    from divinr.models.nola import NOLAConfig
+    from divinr.training.stages import paper_phases
+
+    phases = inspect.signature(paper_phases).parameters
+    return {
+        "backbone_path": EncoderConfig.backbone_path,
+        "inr_size": EncoderConfig.inr,
+        "epochs": tuple(phases[n].default for n in ("dense_epochs", "prune_epochs", "quant_epochs")),
+        "resolution": CODING_SIZE,
+        "frames": inspect.signature(load_clip).parameters["max_frames"].default,
+        "start": inspect.signature(load_clip).parameters["start"].default,
+        "seed": EncoderConfig.seed,
+        "steps": SamplerConfig.steps,
+        "gop": EncoderConfig.gop_size,
+        "nola_bases": NOLAConfig.num_bases,
+        "device": EncoderConfig.device,
+        "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
+    }
+
+
+def decode_defaults() -> dict[str, Any]:
+    """``divinr decode`` flag defaults, from the decoder's memory budget."""
+    from divinr.inference.decoder import DEFAULT_MEMORY_BUDGET
+
+    return {"max_memory": DEFAULT_MEMORY_BUDGET / 2**30}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divinr", description="DiV-INR extreme low-bitrate video codec")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=LibraryDefaultsParser)
 
-    enc = sub.add_parser("encode", help="train INR + NOLA on a video and write the bitstream")
+    enc = sub.add_parser(
+        "encode", help="train INR + NOLA on a video and write the bitstream", library_defaults=encode_defaults
+    )
     enc.add_argument("input", help="video file: .yuv (give --input-size), .y4m, or any container PyAV reads")
     enc.add_argument("-o", "--output", required=True, help="bitstream to write (.dvr)")
     enc.add_argument(
-        "--backbone", default="mini", help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests)"
+        "--backbone", default=CLI_BACKBONE,
+        help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests; default %(default)s)",
     )
     enc.add_argument("--backbone-path", help="local diffusers-format weights of the backbone")
-    enc.add_argument("--inr-size", default="xxs", help="INR size preset (xxs, xs, s, m, l, xl)")
-    enc.add_argument("--epochs", type=_epochs, default=(300, 120, 60), help="DENSE,PRUNE,QUANT epochs (default 300,120,60)")
-    enc.add_argument("--resolution", type=_resolution, default=(1024, 576), help="coding resolution WxH (default 1024x576)")
+    enc.add_argument("--inr-size", help="INR size preset (xxs, xs, s, m, l, xl; default %(default)s)")
+    enc.add_argument("--epochs", type=_epochs, help="DENSE,PRUNE,QUANT epochs (default %(default)s)")
+    enc.add_argument("--resolution", type=_resolution, help="coding resolution WxH (default %(default)s)")
     enc.add_argument("--frames", type=int, help="code at most N frames")
-    enc.add_argument("--start", type=int, default=0, help="first frame to code")
-    enc.add_argument("--seed", type=int, default=0, help="training and noise seed")
-    enc.add_argument("--steps", type=int, default=20, help="UniPC sampling steps at the decoder")
-    enc.add_argument("--gop", type=int, default=25, help="GoP length (1+4k frames)")
-    enc.add_argument("--nola-bases", type=int, default=500, help="NOLA bases per factor (0 disables adapters)")
-    enc.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    enc.add_argument("--start", type=int, help="first frame to code (default %(default)s)")
+    enc.add_argument("--seed", type=int, help="training and noise seed (default %(default)s)")
+    enc.add_argument("--steps", type=int, help="UniPC sampling steps at the decoder (default %(default)s)")
+    enc.add_argument("--gop", type=int, help="GoP length (1+4k frames; default %(default)s)")
+    enc.add_argument("--nola-bases", type=int, help="NOLA bases per factor (0 disables adapters; default %(default)s)")
+    enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
@@ -79,12 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute DiT activations in the backward pass (default: on for the 1.3B presets)",
     )
     enc.add_argument("--input-size", type=_resolution, help="WxH of a raw .yuv input")
-    enc.add_argument("--bit-depth", type=int, default=8, help="bit depth of a raw .yuv input (8 or 10)")
+    enc.add_argument("--bit-depth", type=int, help="bit depth of a raw .yuv input (8 or 10; default %(default)s)")
     enc.add_argument("--fps", type=float, help="frame rate of a raw .yuv input")
     enc.add_argument("--workdir", help="checkpoints and latent cache (lets an interrupted encode resume)")
     enc.add_argument("--recon", help="also write the encoder's reconstruction (.y4m/.yuv/.mp4/.mkv)")
 
-    dec = sub.add_parser("decode", help="decode a bitstream to a video file")
+    dec = sub.add_parser("decode", help="decode a bitstream to a video file", library_defaults=decode_defaults)
     dec.add_argument("input", help="bitstream (.dvr)")
     dec.add_argument("-o", "--output", required=True, help="video to write: .y4m, .yuv, .mp4 or .mkv")
     dec.add_argument("--backbone-path", help="local diffusers-format weights of the backbone named in the stream")
@@ -92,9 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument(
         "--max-memory",
         type=_gibibytes,
-        default=8.0,
         metavar="GIB",
-        help="refuse streams whose decoded video needs more memory than this (default 8 GiB)",
+        help="refuse streams whose decoded video needs more memory than this (default %(default)g GiB)",
     )
 
     info = sub.add_parser("info", help="show a bitstream's header, bits by part and bpp")

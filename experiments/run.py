@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from divinr.anchors.base import VideoSource
 from divinr.codec import DiVINRCodec, check_resolution, decompress
@@ -52,7 +52,7 @@ from divinr.metrics.perceptual import FID_STATS_NAME, save_fid_stats
 from divinr.models.backbone import get_preset
 from divinr.models.inr import inr_config
 from divinr.models.nola import NOLAConfig
-from divinr.reporting import plot_comparison, wandb_mode
+from divinr.reporting import plot_comparison
 from divinr.results import (
     RESULTS_NAME,
     RunResult,
@@ -66,7 +66,8 @@ from divinr.training.encoder import EncoderConfig
 from divinr.training.losses import LossConfig
 from divinr.training.stages import Phase, paper_phases
 from experiments.callbacks import summary_table
-from experiments.schema import register_configs
+from experiments.schema import library_kwargs, register_configs
+from experiments.wandb_logging import OfflineNotice, finish_wandb, log_media, wandb_logger
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ _ENVIRONMENT_KEYS = (
     "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
 )
 
-register_configs()
-
 
 # ---------------------------------------------------------------------------- config -> objects
 
@@ -98,12 +97,12 @@ def training_phases(training: DictConfig) -> list[Phase]:
         Phases with Quant-Noise at ``training.bits`` (the width the bitstream quantises to).
     """
     if training.phases:
-        return [Phase(**OmegaConf.to_container(p), quant_bits=training.bits) for p in training.phases]
-    return paper_phases(
-        training.dense_epochs, training.prune_epochs, training.quant_epochs,
-        inr_lr=training.inr_lr, nola_lr=training.nola_lr, prune_fraction=training.prune_fraction,
-        rho=training.rho, bits=training.bits,
-    )
+        try:
+            explicit = [OmegaConf.to_container(p, throw_on_missing=True) for p in training.phases]
+        except MissingMandatoryValue as exc:
+            raise PresetError(f"training.phases: every phase needs a name and epochs ({exc.key} is not set)") from None
+        return [Phase(**p, quant_bits=training.bits) for p in explicit]
+    return paper_phases(**library_kwargs(paper_phases, training))
 
 
 def encoder_config(cfg: DictConfig) -> EncoderConfig:
@@ -132,7 +131,7 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         inr_overrides=overrides,
         nola=NOLAConfig(**OmegaConf.to_container(cfg.nola, resolve=True)),
         phases=training_phases(training),
-        loss=LossConfig(training.lambda_start, training.lambda_end, training.logit_mean, training.logit_std),
+        loss=LossConfig(**library_kwargs(LossConfig, training)),
         sampler=SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True)),
         gop_size=cfg.gop_size,
         mask_mode=cfg.mask_mode,
@@ -209,50 +208,10 @@ def make_logger(cfg: DictConfig, run_dir: Path, title: str) -> CSVLogger | Wandb
         return None
     if kind == "wandb":
         try:
-            logger = WandbLogger(
-                project=cfg.logger.project, entity=cfg.logger.entity, name=title, group=cfg.exp_name,
-                job_type="encode", save_dir=str(run_dir), mode=cfg.logger.mode or wandb_mode(run_dir),
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
-            logger.experiment  # start the run now, so a W&B failure cannot interrupt training
-            return logger
+            return wandb_logger(cfg, run_dir, title, OfflineNotice())
         except Exception as exc:  # noqa: BLE001 - logging must never cost a run
             warnings.warn(f"W&B unavailable ({type(exc).__name__}: {exc}); logging to CSV in {run_dir / LOG_NAME}")
     return CSVLogger(save_dir=str(run_dir), name=LOG_NAME, version="")
-
-
-def _to_uint8(frames: torch.Tensor) -> Any:
-    """(T, 3, H, W) in [0, 1] -> (T, H, W, 3) uint8 numpy, the layout image libraries take."""
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def log_media(
-    experiment: Any, cfg: DictConfig, reference: Video, decoded: torch.Tensor, payload: dict[str, Any]
-) -> None:
-    """Send scalars, original|decoded frame pairs and a short decoded clip to a W&B run.
-
-    ``wandb.Video`` needs moviepy to encode arrays, so the clip is written here (H.264 4:2:0,
-    playable in browsers) and handed over as a file.
-    """
-    import wandb
-
-    count = min(cfg.logger.sample_frames, reference.num_frames)
-    picks = torch.linspace(0, reference.num_frames - 1, count).round().long().unique() if count > 0 else []
-    for i in picks:
-        pair = _to_uint8(torch.cat([reference.frames[i], decoded[i]], dim=-1)[None])[0]
-        payload[f"samples/frame_{int(i):04d}"] = wandb.Image(pair, caption=f"frame {int(i)}: original | decoded")
-    with tempfile.TemporaryDirectory() as tmp:
-        if cfg.logger.video_frames > 0:
-            clip = Path(tmp) / "decoded.mp4"
-            write_video(clip, decoded[: cfg.logger.video_frames], reference.fps, crf=18)
-            payload["samples/decoded"] = wandb.Video(str(clip), format="mp4")
-        experiment.log(payload)  # copies the media into the run before the folder goes away
-    experiment.summary.update({k: v for k, v in payload.items() if not k.startswith("samples/")})
-
-
-def _finish_wandb(failed: bool) -> None:
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish(exit_code=1 if failed else 0)
 
 
 # ---------------------------------------------------------------------------- one point
@@ -482,7 +441,7 @@ def run(cfg: DictConfig) -> RunResult | None:
             status="failed", error=_one_line(exc),
         )
     finally:
-        _finish_wandb(failed)
+        finish_wandb(failed)
     write_result(result, run_dir)
     if not failed and not cfg.keep_workdir:
         shutil.rmtree(run_dir / WORK_NAME, ignore_errors=True)
@@ -513,4 +472,5 @@ def main(cfg: DictConfig) -> RunResult | list[RunResult | None] | None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schema Hydra composes against: stored here, not on import
     main()

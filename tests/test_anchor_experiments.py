@@ -31,6 +31,7 @@ from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
 from divinr.models.pixel_inr import SEQUENCE_PRESETS
 from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
+from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
 ANCHOR_EXPERIMENTS = ("anchors_uvg", "anchors_jvetb", "anchors_mcl_jcv", "anchors_clip")
@@ -46,6 +47,7 @@ needs_vvenc = pytest.mark.skipif(not VVenCCodec().available(), reason="no imagei
 
 
 def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 

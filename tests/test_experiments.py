@@ -38,8 +38,10 @@ from divinr.models.nola import NOLAConfig, count_nola_coefficients
 from divinr.results import read_result
 from divinr.training.stages import total_epochs
 from experiments import run as run_module
+from experiments import wandb_logging
 from experiments.callbacks import RDCurvesCallback
 from experiments.run import STREAM_NAME, WORK_NAME, encoder_config, point_dir, run
+from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml") if not p.stem.startswith("anchors_"))  # anchors: test_anchor_experiments.py
@@ -51,6 +53,7 @@ SMALL = [*TINY_RUN, "data.width=64", "data.height=64", "metrics=[psnr,psnr_y]"]
 
 
 def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
@@ -312,7 +315,7 @@ def test_wandb_failure_falls_back_to_csv(tmp_path: Path, monkeypatch: pytest.Mon
     def broken(**kwargs: object) -> None:
         raise RuntimeError("no network")
 
-    monkeypatch.setattr(run_module, "WandbLogger", broken)
+    monkeypatch.setattr(wandb_logging, "WandbLogger", broken)
     with pytest.warns(UserWarning, match="W&B unavailable"):
         logger = run_module.make_logger(compose_cfg("logger=wandb"), tmp_path, "t")
     assert isinstance(logger, CSVLogger) and Path(logger.log_dir) == tmp_path / "logs"

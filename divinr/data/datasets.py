@@ -29,6 +29,8 @@ from divinr.data.video import Video, read_video
 from divinr.errors import DivinrError, unknown_choice
 
 DATA_ROOT_ENV = "DIVINR_DATA_ROOT"
+#: (width, height) the paper codes every benchmark sequence at, and the default coding resolution.
+CODING_SIZE = (1024, 576)
 #: YUV -> RGB convention of the benchmark sequences: BT.709 read as full range, as CompressAI and
 #: DCVC convert UVG / MCL-JCV / HEVC-B, so imported learned-codec points share our reference frames.
 FULL_RANGE = True
@@ -318,8 +320,8 @@ def sequence_source(
     sequence: str,
     root: str | Path | None = None,
     *,
-    width: int = 1024,
-    height: int = 576,
+    width: int = CODING_SIZE[0],
+    height: int = CODING_SIZE[1],
     max_frames: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The file of a benchmark sequence and the ``read_video`` arguments that give its coded frames.
@@ -347,8 +349,8 @@ def load_sequence(
     sequence: str,
     root: str | Path | None = None,
     *,
-    width: int = 1024,
-    height: int = 576,
+    width: int = CODING_SIZE[0],
+    height: int = CODING_SIZE[1],
     max_frames: int | None = None,
 ) -> Video:
     """Read a benchmark sequence at native size and resize it to the coding resolution.
