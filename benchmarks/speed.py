@@ -41,7 +41,8 @@ import diffusers
 import torch
 
 from divinr.atomic import atomic_write_text
-from divinr.codec import EncoderConfig, check_resolution
+from divinr.codec import check_resolution
+from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import CODING_SIZE
 from divinr.data.gop import latent_frame_count
 from divinr.errors import PresetError, unknown_choice

@@ -76,11 +76,12 @@ CLI_BACKBONE = "mini"
 
 def encode_defaults() -> dict[str, Any]:
     """``divinr encode`` flag defaults (by ``dest``), each read from the library setting it feeds."""
-    from divinr.codec import EncoderConfig, load_clip
+    from divinr.codec import load_clip
     from divinr.data.datasets import CODING_SIZE
     from divinr.data.video import read_video
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
+    from divinr.training.encoder import EncoderConfig
     from divinr.training.stages import paper_phases
 
     phases = inspect.signature(paper_phases).parameters

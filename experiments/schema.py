@@ -28,7 +28,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from divinr.anchors import CODECS
-from divinr.codec import EncoderConfig, load_clip
+from divinr.codec import load_clip
+from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import sequence_source
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import METRICS

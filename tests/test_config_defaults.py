@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 import experiments
 from divinr.anchors import CODECS
 from divinr.cli import CLI_BACKBONE, build_parser
-from divinr.codec import EncoderConfig, decompress, load_clip
+from divinr.codec import decompress, load_clip
+from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import sequence_source
 from divinr.data.video import read_video
 from divinr.inference.decoder import DEFAULT_MEMORY_BUDGET
@@ -222,12 +223,12 @@ def test_imports_leave_warning_filters_and_config_store_alone() -> None:
     """
     modules = (
         "divinr.reporting", "divinr.cli", "divinr.anchors", "divinr.data.datasets", "divinr.training.stages",
+        "divinr.codec", "divinr.training.encoder", "divinr.training.trainer",
         "experiments.schema", "experiments.wandb_logging", "experiments.callbacks", "experiments.anchors",
     )
     code = (
         "import importlib, warnings\n"
-        "import torch, lightning, diffusers, hydra, matplotlib\n"
-        "import divinr.codec  # its own import-time filter is not checked here\n"
+        "import torch, lightning, diffusers, accelerate, hydra, matplotlib\n"
         "from hydra.core.config_store import ConfigStore\n"
         "before = list(warnings.filters)\n"
         f"changed = [m for m in {modules!r} if importlib.import_module(m) and warnings.filters != before]\n"

@@ -52,7 +52,7 @@ class EncoderConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     gop_size: int = 25
     mask_mode: str = "learned"
-    quant_bits: int = 6
+    quant_bits: int = Phase.quant_bits  # the width Quant-Noise trains at is the width coded
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
