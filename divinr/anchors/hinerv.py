@@ -2,7 +2,7 @@
 
 A real baseline, not imported numbers: the same INR family, the same stage callback (dense ->
 15% adaptive pruning -> 6-bit Quant-Noise), the same quantiser, range coder and container as
-DiV-INR (bitstream ``kind = PIXEL_INR``, no backbone, no NOLA). Encoding and decoding run as
+DiV-INR (bitstream ``kind = PIXEL_INR``, whose header has no backbone, NOLA or sampler). Encoding and decoding run as
 separate processes (``python -m divinr.anchors.hinerv encode|decode``), so the decoder sees
 nothing but the bitstream, exactly like the external anchors.
 """
@@ -18,11 +18,9 @@ import torch
 
 from divinr.anchors.base import RawVideo, ReferenceCodec, read_raw_rgb, write_raw_rgb
 from divinr.data.video import fps_fraction
-from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, pack
+from divinr.compression.bitstream import PixelINRHeader, pack
 from divinr.errors import EXIT_USER_ERROR, DivinrError, unknown_choice
 from divinr.inference.decoder import decode_stream
-from divinr.inference.sampler import SamplerConfig
-from divinr.models.nola import NOLAConfig
 from divinr.results import atomic_write_bytes
 from divinr.training.hinerv import HINERV_PRESETS, SEQUENCE_PRESETS, hinerv_config, train_hinerv
 from divinr.training.resume import clear_workdir
@@ -32,23 +30,10 @@ from divinr.training.stages import paper_phases
 HINERV_EPOCHS = (300, 60, 30)
 
 
-def pixel_inr_header(video: RawVideo, fps: float, inr_config: Any, bits: int = 6) -> StreamHeader:
-    """Header of a pixel-INR stream: geometry and INR architecture; no backbone, NOLA or sampler use."""
-    return StreamHeader(
-        kind=CodecKind.PIXEL_INR,
-        backbone="",
-        backbone_fingerprint=b"",
-        frames=video.num_frames,
-        width=video.width,
-        height=video.height,
-        fps=fps_fraction(fps),
-        gop_size=1,
-        inr=inr_config,
-        mask_mode=MaskMode.LEARNED,
-        quant_bits=bits,
-        nola=NOLAConfig(num_bases=0),
-        nola_layers=0,
-        sampler=SamplerConfig(),
+def pixel_inr_header(video: RawVideo, fps: float, inr_config: Any, bits: int = 6) -> PixelINRHeader:
+    """Header of a pixel-INR stream: geometry, frame rate, INR architecture and quantiser width."""
+    return PixelINRHeader(
+        frames=video.num_frames, width=video.width, height=video.height, fps=fps_fraction(fps), inr=inr_config, quant_bits=bits
     )
 
 
