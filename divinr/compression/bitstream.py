@@ -34,10 +34,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -122,7 +122,6 @@ U8, U16, U32, F32, STR, BYTES, LIST = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
 class _TypedHeader:
     """Shared by the typed headers: their fields come from the schema they are written with."""
 
