@@ -305,6 +305,7 @@ HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {s.key: s for s in (DIVINR_
 SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
 """What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
 SCHEMA_V1 = DIVINR_V1.elements
+"""DiV-INR format v1's fields, for writing a container by hand (tests rewrite streams with it)."""
 
 
 def writer_schema(header_type: type) -> HeaderSchema[Any]:
