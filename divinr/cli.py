@@ -316,26 +316,18 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def stream_info(data: bytes) -> dict[str, Any]:
     """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
-    Reads the header without torch or diffusers, so it takes milliseconds, not seconds.
+    Reads the header without torch or diffusers, so it takes milliseconds, not seconds. A
+    pixel-INR stream has no backbone, GoP, mask, NOLA or sampler entries.
     """
-    from divinr.compression.bitstream import (
-        FORMAT_VERSION,
-        INR_FIELDS,
-        INR_HEAD_CODES,
-        CodecKind,
-        MaskMode,
-        bits_breakdown,
-        read_header,
-    )
-
+    from divinr.compression.bitstream import CodecKind, bits_breakdown, read_header_schema
     from divinr.rate import bits_per_pixel
 
-    v = read_header(data)
+    schema, v = read_header_schema(data)
+    view = schema.view(v)
     bits = bits_breakdown(data)
-    heads = {code: name for name, code in INR_HEAD_CODES.items()}
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": CodecKind(v["kind"]).name.lower(),
+    info = {
+        "format_version": schema.version,
+        "kind": CodecKind(schema.kind).name.lower(),
         "bpp": bits_per_pixel(len(data), v["frames"], v["width"], v["height"]),
         "bytes": len(data),
         "bits": bits,
@@ -343,27 +335,20 @@ def stream_info(data: bytes) -> dict[str, Any]:
         "width": v["width"],
         "height": v["height"],
         "fps": v["fps_num"] / v["fps_den"],
-        "gop_size": v["gop_size"],
-        "backbone": v["backbone"],
-        "backbone_fingerprint": v["backbone_fingerprint"].hex(),
-        "inr": {**{name.removeprefix("inr_"): v[name] for name in INR_FIELDS}, "head": heads[v["inr_head"]]},
-        "mask_mode": MaskMode(v["mask_mode"]).name.lower(),
+        "inr": view["inr"],
         "quant_bits": v["quant_bits"],
-        "nola": {
-            "layers": v["nola_layers"],
-            "rank": v["nola_rank"],
-            "num_bases": v["nola_bases"],
-            "basis_variance": v["nola_variance"],
-            "scaling": v["nola_scaling"],
-            "seed": v["nola_seed"],
-        },
-        "sampler": {
-            "steps": v["sampler_steps"],
-            "flow_shift": v["sampler_flow_shift"],
-            "noise_seed": v["sampler_noise_seed"],
-            "solver_order": v["sampler_order"],
-        },
     }
+    if schema.kind == CodecKind.DIVINR:
+        nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
+        info.update(
+            gop_size=v["gop_size"],
+            backbone=v["backbone"],
+            backbone_fingerprint=v["backbone_fingerprint"].hex(),
+            mask_mode=view["mask_mode"].name.lower(),
+            nola={"layers": v["nola_layers"], **nola},
+            sampler=view["sampler"],
+        )
+    return info
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -373,11 +358,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     bits = info["bits"]
     print(f"{args.input}: divinr bitstream v{info['format_version']} ({info['kind']})")
-    print(f"  video     {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']:g} fps, GoP {info['gop_size']}")
-    print(f"  backbone  {info['backbone'] or '-'} {info['backbone_fingerprint'][:16]}")
+    gop = f", GoP {info['gop_size']}" if "gop_size" in info else ""
+    print(f"  video     {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']:g} fps{gop}")
+    if "backbone" in info:
+        print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
     print(f"  inr       {info['inr']}")
-    print(f"  nola      {info['nola']}")
-    print(f"  sampler   {info['sampler']}")
+    for part in ("nola", "sampler"):
+        if part in info:
+            print(f"  {part:9s} {info[part]}")
     for part in ("inr", "nola", "header"):
         print(f"  {part:9s} {bits[part]:>10d} bits  {100 * bits[part] / bits['total']:5.1f} %")
     print(f"  total     {bits['total']:>10d} bits  {info['bpp']:.6f} bpp")

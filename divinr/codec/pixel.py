@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
-from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, bits_breakdown, pack, unpack
+from divinr.compression.bitstream import CodecKind, PixelINRHeader, bits_breakdown, pack, unpack
 from divinr.data.video import Video, fps_fraction
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, unknown_choice
 from divinr.inference.decoder import Decoded, build_inr_from_stream, check_decode_memory
-from divinr.inference.sampler import SamplerConfig
 from divinr.models.inr import INRConfig
-from divinr.models.nola import NOLAConfig
 from divinr.models.pixel_inr import HINERV_PRESETS, hinerv_config, render
 
 if TYPE_CHECKING:
@@ -34,23 +32,11 @@ if TYPE_CHECKING:
 HINERV_EPOCHS = (300, 60, 30)
 
 
-def pixel_inr_header(video: Video, inr: INRConfig, bits: int = 6) -> StreamHeader:
-    """Header of a pixel-INR stream: geometry and INR architecture; no backbone, NOLA or sampler use."""
-    return StreamHeader(
-        kind=CodecKind.PIXEL_INR,
-        backbone="",
-        backbone_fingerprint=b"",
-        frames=video.num_frames,
-        width=video.width,
-        height=video.height,
-        fps=fps_fraction(video.fps),
-        gop_size=1,
-        inr=inr,
-        mask_mode=MaskMode.LEARNED,
+def pixel_inr_header(video: Video, inr: INRConfig, bits: int = 6) -> PixelINRHeader:
+    """Header of a pixel-INR stream: geometry, frame rate, INR architecture and quantiser width."""
+    return PixelINRHeader(
+        frames=video.num_frames, width=video.width, height=video.height, fps=fps_fraction(video.fps), inr=inr,
         quant_bits=bits,
-        nola=NOLAConfig(num_bases=0),
-        nola_layers=0,
-        sampler=SamplerConfig(),
     )
 
 

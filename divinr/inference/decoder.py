@@ -74,7 +74,9 @@ def decoded_video_bytes(header: StreamHeader) -> int:
     A lower bound of the peak (weights and activations come on top), but one that grows with
     exactly the fields a hostile header inflates: frames, width and height.
     """
-    return (header.frames + _first_gop(header).num_padded) * 3 * header.height * header.width * 4
+    # The pixel INR renders straight into the output (one frame of slack, as before it had no GoPs).
+    working = _first_gop(header).num_padded if header.kind == CodecKind.DIVINR else 1
+    return (header.frames + working) * 3 * header.height * header.width * 4
 
 
 def check_decode_memory(header: StreamHeader, budget: int | None = None) -> None:
