@@ -273,3 +273,42 @@ def test_missing_local_folder_says_what_it_expected(tmp_path: Path) -> None:
     message = str(info.value)
     assert "\n" not in message and "Wan2.1_VAE.pth" in message and "--local-dir DIR" in message
     assert "hf download alibaba-pai/Wan2.1-Fun-1.3B-InP --revision 7693adbe" in message
+
+
+def test_speed_benchmark_weight_memory_of_the_full_fun_inp_on_meta() -> None:
+    from benchmarks.speed import backbone_weight_bytes
+
+    from divinr.models.backbone import _cast_like_diffusers
+
+    backbone = build_backbone_on_meta("wan2.1-fun-1.3b-inp")
+    _cast_like_diffusers(backbone.transformer, torch.bfloat16)
+    dtypes = [p.dtype for p in backbone.transformer.parameters()]
+    assert torch.bfloat16 in dtypes and torch.float32 in dtypes  # diffusers' fp32 modules stay fp32
+    counts = {d: sum(p.numel() for p in backbone.transformer.parameters() if p.dtype == d) for d in set(dtypes)}
+    vae = sum(p.numel() for p in backbone.vae.parameters())
+    expected = 2 * counts[torch.bfloat16] + 4 * counts[torch.float32] + 4 * vae
+    assert backbone_weight_bytes(backbone) == expected
+    assert 3.1e9 < backbone_weight_bytes(backbone) < 3.8e9  # 1.56B bf16 DiT + fp32 VAE
+
+
+@pytest.mark.slow
+def test_full_size_random_fun_inp_in_the_original_layout_encodes_and_decodes(tmp_path: Path, monkeypatch) -> None:
+    """About 3.1 GB of bf16 weights written as VideoX-Fun publishes them, then the whole CLI round trip on CPU."""
+    from divinr.cli import main
+    from divinr.data.video import write_video
+    from divinr.models.backbone import build_random_backbone
+
+    monkeypatch.setenv(backbone_files.BACKBONE_CACHE_ENV, str(tmp_path / "conversions"))
+    random = build_random_backbone("wan2.1-fun-1.3b-inp", dtype=torch.bfloat16, seed=3)
+    folder = write_wan_layout(tmp_path / "Wan2.1-Fun-1.3B-InP", random.transformer, random.vae)
+    assert (folder / "diffusion_pytorch_model.safetensors").stat().st_size > 3e9
+    del random
+    clip = tmp_path / "clip.y4m"
+    write_video(clip, torch.rand(5, 3, 64, 64), 25.0)
+    stream, decoded = tmp_path / "clip.dvr", tmp_path / "decoded.y4m"
+    common = ["--backbone-path", str(folder), "--device", "cpu"]
+    assert main(["encode", str(clip), "-o", str(stream), "--backbone", "wan2.1-fun-1.3b-inp", *common,
+                 "--resolution", "64x64", "--gop", "5", "--epochs", "1,0,0", "--steps", "1",
+                 "--nola-bases", "8"]) == 0  # fmt: skip
+    assert main(["decode", str(stream), "-o", str(decoded), *common]) == 0
+    assert decoded.stat().st_size > 5 * 64 * 64 * 3 // 2
