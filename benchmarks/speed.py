@@ -554,6 +554,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def backbone_weight_bytes(backbone: Backbone) -> int:
+    """Memory of the frozen backbone weights in their storage dtypes (adapter coefficients excluded).
+
+    Works on the meta device, so the full-size footprint (the Fun-InP image embedding included)
+    can be checked without the weights.
+    """
+    modules = (backbone.transformer, backbone.vae)
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if not p.requires_grad)
+
+
 def describe_run(args: argparse.Namespace, argv: Sequence[str], setup: Setup) -> dict[str, Any]:
     """What was measured, on what: the part of the report that is not a measurement."""
     backbone, transformer, inr = setup.backbone, setup.module.transformer, setup.module.inr
@@ -570,6 +580,7 @@ def describe_run(args: argparse.Namespace, argv: Sequence[str], setup: Setup) ->
             "vae_dtype": _dtype_name(next(backbone.vae.parameters()).dtype),
             "transformer_params": count_parameters(transformer) - count_nola_coefficients(transformer),
             "vae_params": count_parameters(backbone.vae),
+            "weights_bytes": backbone_weight_bytes(backbone),
         },
         "resolution": list(args.size),
         "gop": args.gop,

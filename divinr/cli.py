@@ -1,4 +1,4 @@
-"""Command line: ``divinr encode | decode | info | weights`` (also ``python -m divinr``).
+"""Command line: ``divinr encode | decode | info | weights | data`` (also ``python -m divinr``).
 
 Problems a user can cause end with one line ``divinr: error: ...`` and exit status 2.
 """
@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="list or download the metric weights cache")
     weights.add_argument("args", nargs=argparse.REMAINDER, help="list | download [names] [--timeout S]")
+
+    data = sub.add_parser("data", help="download a benchmark dataset (UVG) or show how to obtain it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("download", help="fetch, extract and check a dataset's raw files")
+    fetch.add_argument("dataset", help="uvg (downloaded), mcl_jcv or jvetb (instructions only)")
+    fetch.add_argument("--root", help="data root holding one folder per dataset (default $DIVINR_DATA_ROOT)")
+    fetch.add_argument("--base-url", help="mirror of the archives' folder (default: the dataset's site)")
+    fetch.add_argument("--keep-archives", action="store_true", help="keep the 7z files after extraction")
     return parser
 
 
@@ -378,9 +386,23 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return weights_main(args.args or ["list"])
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from divinr.data.datasets import get_dataset
+    from divinr.data.download import UVG_BASE_URL, download_dataset
+
+    info = get_dataset(args.dataset)
+    if not info.downloadable:
+        print(f"{info.title} has no public direct download; obtain it this way: {info.download}")
+        print(f"then place {', '.join(s.filename for s in info.sequences[:2])}, ... in <root>/{info.name}/")
+        return 0
+    paths = download_dataset(info, args.root, base_url=args.base_url or UVG_BASE_URL, keep_archives=args.keep_archives)
+    print(f"{info.title}: {len(paths)} raw files complete in {paths[0].parent}")
+    return 0
+
+
 # 128 + SIGPIPE, the status of a Unix tool whose output pipe was closed.
 EXIT_BROKEN_PIPE = 141
-COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "weights": cmd_weights}
+COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "weights": cmd_weights, "data": cmd_data}
 
 
 def _silence_stdout() -> None:

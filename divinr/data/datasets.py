@@ -1,8 +1,9 @@
 """Registry of the benchmark datasets (UVG, JVET Class B, MCL-JCV) and checks of local copies.
 
-No data ship with divinr and none can be fetched by it: the registry says which raw 4:2:0
-files each dataset consists of, with their exact byte sizes, so a user can verify a local
-copy before hours of encoding are spent on a truncated or mislabelled file. Facts follow
+No data ship with divinr: the registry says which raw 4:2:0 files each dataset consists of,
+with their exact byte sizes, so a user can verify a local copy before hours of encoding are
+spent on a truncated or mislabelled file. UVG is public and :mod:`divinr.data.download` fetches
+it (``divinr data download uvg``); the others are obtained as each ``download`` field says. Facts follow
 BENCHMARKS.md (UVG and MCL-JCV from DCVC's dataset configs, JVET-B from VTM-23.11's
 per-sequence configs).
 
@@ -51,6 +52,7 @@ class SequenceInfo:
         frames: number of frames in the file.
         fps: frame rate.
         bit_depth: bits per sample (8: one byte per sample; 10: little-endian uint16).
+        archive: name of the 7z archive the dataset's site publishes it in (None: no public download).
     """
 
     name: str
@@ -60,6 +62,7 @@ class SequenceInfo:
     frames: int
     fps: float
     bit_depth: int = 8
+    archive: str | None = None
 
     @property
     def frame_bytes(self) -> int:
@@ -98,6 +101,11 @@ class DatasetInfo:
     notes: str = ""
 
     @property
+    def downloadable(self) -> bool:
+        """Whether every sequence has a public archive that :mod:`divinr.data.download` can fetch."""
+        return all(seq.archive is not None for seq in self.sequences)
+
+    @property
     def total_frames(self) -> int:
         return sum(s.frames for s in self.sequences)
 
@@ -120,6 +128,7 @@ def _uvg() -> DatasetInfo:
                 filename=f"{n}_1920x1080_120fps_420_8bit_YUV.yuv",
                 frames=300 if n == "ShakeNDry" else 600,
                 fps=120.0,
+                archive=f"{'ReadySetGo' if n == 'ReadySteadyGo' else n}_1920x1080_120fps_420_8bit_YUV_RAW.7z",
             )
             for n in names
         ),
@@ -251,7 +260,7 @@ def dataset_root(name: str | DatasetInfo, root: str | Path | None = None) -> Pat
     return Path(root).expanduser() / info.name
 
 
-def _problem(seq: SequenceInfo, path: Path) -> str | None:
+def raw_file_problem(seq: SequenceInfo, path: Path) -> str | None:
     """One line describing what is wrong with ``path``, or None when it is complete."""
     if not path.is_file():
         return f"missing {path}: expected {seq.describe()}"
@@ -284,7 +293,7 @@ def check_dataset(
     folder = dataset_root(info, root)
     chosen = info.sequences if sequences is None else tuple(info.sequence(s) for s in sequences)
     paths = [folder / seq.filename for seq in chosen]
-    problems = [p for p in (_problem(seq, path) for seq, path in zip(chosen, paths)) if p is not None]
+    problems = [p for p in (raw_file_problem(seq, path) for seq, path in zip(chosen, paths)) if p is not None]
     if problems:
         lines = [
             f"{info.title}: {len(problems)} of {len(chosen)} raw files missing or incomplete in {folder}; "
