@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", default=CLI_BACKBONE,
         help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests; default %(default)s)",
     )
-    enc.add_argument("--backbone-path", help="local diffusers-format weights of the backbone")
+    enc.add_argument(
+        "--backbone-path",
+        help="the backbone's weights: a local diffusers folder, an original Wan / VideoX-Fun folder, or a Hub id",
+    )
     enc.add_argument("--inr-size", help="INR size preset (xxs, xs, s, m, l, xl; default %(default)s)")
     enc.add_argument("--epochs", type=_epochs, help="DENSE,PRUNE,QUANT epochs (default %(default)s)")
     enc.add_argument("--resolution", type=_resolution, help="coding resolution WxH (default %(default)s)")
@@ -147,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     dec = sub.add_parser("decode", help="decode a bitstream to a video file", library_defaults=decode_defaults)
     dec.add_argument("input", help="bitstream (.dvr)")
     dec.add_argument("-o", "--output", required=True, help="video to write: .y4m, .yuv, .mp4 or .mkv")
-    dec.add_argument("--backbone-path", help="local diffusers-format weights of the backbone named in the stream")
+    dec.add_argument(
+        "--backbone-path",
+        help="weights of the backbone named in the stream (diffusers folder, original Wan folder or Hub id)",
+    )
     dec.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     dec.add_argument(
         "--max-memory",
