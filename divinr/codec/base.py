@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import abc
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from divinr.compression.bitstream import CodecKind
+from divinr.compression.bitstream import CodecKind, Header
 from divinr.data.video import Video
 from divinr.inference.decoder import Decoded
 from divinr.rate import bits_per_pixel
@@ -39,7 +40,7 @@ class Encoded:
     """
 
     data: bytes
-    header: Any
+    header: Header
     bits: dict[str, int]
     frames: int
     width: int
@@ -70,8 +71,21 @@ class Codec(abc.ABC):
         return self.encode(video).data
 
     @abc.abstractmethod
-    def encode(self, video: Video, *, reconstruct: bool = False, **options: Any) -> Encoded:
-        """Encode ``video``; ``reconstruct`` also decodes the result in this process."""
+    def encode(
+        self,
+        video: Video,
+        *,
+        reconstruct: bool = False,
+        workdir: str | Path | None = None,
+        logger: Any = None,
+        callbacks: Sequence[Any] = (),
+        bitstream_path: str | Path | None = None,
+    ) -> Encoded:
+        """Encode ``video``; ``reconstruct`` also decodes the result in this process.
+
+        ``workdir`` makes training resumable, ``logger`` / ``callbacks`` are Lightning's, and
+        ``bitstream_path`` receives the bytes (atomically) as soon as they exist.
+        """
 
     @abc.abstractmethod
     def decompress(self, data: bytes) -> Decoded:
