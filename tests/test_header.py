@@ -134,13 +134,28 @@ def typed_paths(header_type: type) -> Counter[str]:
     return paths
 
 
-@pytest.mark.parametrize("schema", [DIVINR_V1, PIXEL_INR_V2], ids=["divinr_v1", "pixel_inr_v2"])
-def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any]) -> None:
+# INRConfig fields that only the latent head reads; a pixel-INR stream does not send them.
+LATENT_HEAD_ONLY = Counter({"inr.out_channels": 1, "inr.mask_channels": 1})
+
+
+@pytest.mark.parametrize(
+    ("schema", "unsent"), [(DIVINR_V1, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)], ids=["divinr_v1", "pixel_inr_v2"]
+)
+def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:
     """The element table is the one place a field is declared: adding an attribute to a typed
     header (or to its INR, NOLA or sampler config) without an element, or two elements for one
     attribute, fails here."""
-    assert Counter(e.path for e in schema.elements) == typed_paths(schema.header)
+    assert Counter(e.path for e in schema.elements) == typed_paths(schema.header) - unsent
     assert len({e.name for e in schema.elements}) == len(schema.elements)
+
+
+def test_the_rgb_head_ignores_the_fields_a_pixel_stream_does_not_send() -> None:
+    """Why v2 may leave them out: an RGB-head INR has the same tensors whatever their values."""
+    rgb = INRConfig(channels=8, stage_channels=(8, 4), strides=(2, 2), blocks=(1, 1), grid_frames=4,
+                    grid_channels=2, local_grid_frames=4, local_grid_channels=2, head="rgb")
+    shapes = [{k: v.shape for k, v in LatentINR(config, (16, 16)).state_dict().items()}
+              for config in (rgb, dataclasses.replace(rgb, out_channels=3, mask_channels=1))]
+    assert shapes[0] == shapes[1]
 
 
 def test_the_pixel_headers_are_the_divinr_elements_the_pixel_header_has_a_place_for() -> None:
@@ -203,7 +218,7 @@ def test_a_pixel_header_carries_only_what_its_decoder_needs() -> None:
     schema, values = read_header_schema(data)
     assert schema is PIXEL_INR_V2 and unpack(data).header == PIXEL
     assert set(values) == {"kind", "frames", "width", "height", "fps_num", "fps_den", "quant_bits"} | {
-        e.name for e in DIVINR_V1.elements if e.name.startswith("inr_")
+        e.name for e in DIVINR_V1.elements if e.name.startswith("inr_") and e.path not in LATENT_HEAD_ONLY
     }
     with pytest.raises(PresetError, match="head=.latent. cannot be signalled"):
         dataclasses.replace(PIXEL, inr=dataclasses.replace(PIXEL.inr, head="latent")).to_fields()

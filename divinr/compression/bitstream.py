@@ -282,8 +282,14 @@ _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
 
 
+# Fields of INRConfig only the latent head reads (the RGB head ignores them): not sent in v2.
+_LATENT_HEAD_ONLY = ("inr.out_channels", "inr.mask_channels")
+
+
 def _in_pixel_header(element: Element) -> bool:
-    return element.path is not None and element.path.split(".")[0] in _PIXEL_PARTS
+    return (
+        element.path is not None and element.path.split(".")[0] in _PIXEL_PARTS and element.path not in _LATENT_HEAD_ONLY
+    )
 
 
 def _pixel_v2(element: Element) -> Element:
