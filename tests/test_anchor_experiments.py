@@ -30,7 +30,8 @@ from divinr.errors import PresetError
 from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
 from divinr.models.pixel_inr import SEQUENCE_PRESETS
-from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
+from experiments.anchors import anchor_codec, rate_point_name, run_anchor
+from experiments.points import exit_status
 from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
