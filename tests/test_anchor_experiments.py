@@ -86,6 +86,13 @@ def test_anchor_experiments_compose_with_the_paper_settings(name: str) -> None:
         assert len(set(names)) == len(names)
 
 
+def test_anchors_do_not_import_the_divinr_runner() -> None:
+    """The shared point logic lives in ``experiments.points``, so the anchors need nothing of DiV-INR's runner."""
+    code = "import sys, experiments.anchors; print('experiments.run' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert proc.stdout.strip() == "False"
+
+
 def test_rate_point_names() -> None:
     assert rate_point_name({"qp": 37}) == "qp37" and rate_point_name({"preset": "xs"}) == "xs"
 
