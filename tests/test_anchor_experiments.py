@@ -30,7 +30,8 @@ from divinr.errors import PresetError
 from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
 from divinr.models.pixel_inr import SEQUENCE_PRESETS
-from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
+from experiments.anchors import anchor_codec, rate_point_name, run_anchor
+from experiments.points import exit_status
 from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
@@ -83,6 +84,13 @@ def test_anchor_experiments_compose_with_the_paper_settings(name: str) -> None:
     for codec in codecs.values():  # one folder per point: the names of a sweep are distinct
         names = [rate_point_name(p) for p in codec.default_params()]
         assert len(set(names)) == len(names)
+
+
+def test_anchors_do_not_import_the_divinr_runner() -> None:
+    """The shared point logic lives in ``experiments.points``, so the anchors need nothing of DiV-INR's runner."""
+    code = "import sys, experiments.anchors; print('experiments.run' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert proc.stdout.strip() == "False"
 
 
 def test_rate_point_names() -> None:

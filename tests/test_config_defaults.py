@@ -224,7 +224,8 @@ def test_imports_leave_warning_filters_and_config_store_alone() -> None:
     modules = (
         "divinr.reporting", "divinr.cli", "divinr.anchors", "divinr.data.datasets", "divinr.training.stages",
         "divinr.codec", "divinr.training.encoder", "divinr.training.trainer",
-        "experiments.schema", "experiments.wandb_logging", "experiments.callbacks", "experiments.anchors",
+        "experiments.schema", "experiments.wandb_logging", "experiments.callbacks", "experiments.points",
+        "experiments.anchors",
     )
     code = (
         "import importlib, warnings\n"
