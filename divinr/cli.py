@@ -88,8 +88,10 @@ def encode_defaults() -> dict[str, Any]:
     return {
         "backbone_path": EncoderConfig.backbone_path,
         "inr_size": EncoderConfig.inr,
-        "epochs": tuple(phases[n].default for n in ("dense_epochs", "prune_epochs", "quant_epochs")),
-        "resolution": CODING_SIZE,
+        # as the flags are typed (argparse parses string defaults with the flag's type), so --help
+        # shows 300,120,60 and 1024x576
+        "epochs": ",".join(str(phases[n].default) for n in ("dense_epochs", "prune_epochs", "quant_epochs")),
+        "resolution": "{}x{}".format(*CODING_SIZE),
         "frames": inspect.signature(load_clip).parameters["max_frames"].default,
         "start": inspect.signature(load_clip).parameters["start"].default,
         "seed": EncoderConfig.seed,

@@ -38,7 +38,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from divinr.codec import DiVINRCodec, decompress
+from divinr.codec import DiVINRCodec, decompress, peak_memory
 from divinr.data.video import Video, read_video, write_video
 from divinr.errors import DivinrError, PresetError, VideoFormatError, unknown_choice
 from divinr.inference.sampler import SamplerConfig
@@ -237,7 +237,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
         **fields,
         encode_seconds=encoded.encode_seconds,
         decode_seconds=decode_seconds,
-        peak_memory_bytes=dict(encoded.peak_memory_bytes),
+        peak_memory_bytes=peak_memory(),  # of the whole point: training, then the decode from the file
         backbone=cfg.backbone.preset,
         bitstream=STREAM_NAME,
         decoded=DECODED_NAME,

@@ -90,9 +90,9 @@ BackboneConf = schema(
     "BackboneConf",
     """Arguments of ``divinr.models.backbone.load_backbone``.
 
-    ``path`` is a local diffusers-format checkpoint (the paper's Wan2.1-Fun-1.3B-InP must be
-    converted to diffusers format first); None loads the folder the preset ships (``mini``) or
-    the preset's Hugging Face id from the cache.
+    ``path`` is a local diffusers folder, a local folder of original Wan / VideoX-Fun files
+    (converted once, cached) or a Hub id; None loads the folder the preset ships (``mini``) or
+    the preset's own Hub id at its pinned revision, through the Hugging Face cache.
     """,
     library_fields(
         EncoderConfig, ("backbone", "backbone_path", "gradient_checkpointing"),

@@ -275,6 +275,15 @@ def test_missing_local_folder_says_what_it_expected(tmp_path: Path) -> None:
     assert "hf download alibaba-pai/Wan2.1-Fun-1.3B-InP --revision 7693adbe" in message
 
 
+def test_a_mistyped_relative_folder_is_a_local_folder_not_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    """``weights/wan`` under an existing ``weights/`` is a local path; org/name with no such folder is a Hub id."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    assert not backbone_files.is_hub_id("weights/wan") and backbone_files.is_hub_id("alibaba-pai/Wan2.1-Fun-1.3B-InP")
+    with pytest.raises(MissingWeightsError, match="no backbone weights for preset .* at 'weights/wan'"):
+        load_backbone("wan2.1-fun-1.3b-inp", path="weights/wan")
+
+
 def test_speed_benchmark_weight_memory_of_the_full_fun_inp_on_meta() -> None:
     from benchmarks.speed import backbone_weight_bytes
 

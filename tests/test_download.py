@@ -207,3 +207,21 @@ def test_cli_downloads_uvg_and_explains_the_others(
     for name, where in (("mcl_jcv", "mcl.usc.edu"), ("JVET-B", "JVET")):
         assert main(["data", "download", name, "--root", str(root)]) == 0
         assert where in capsys.readouterr().out
+
+
+def test_a_failure_to_write_the_extracted_file_keeps_the_archive(server: Server, tmp_path: Path, monkeypatch) -> None:
+    """A full disk is not a corrupt archive: the multi-GB download must survive it."""
+    info = _dataset(frames=(3,))
+    info = DatasetInfo(name="uvg", title="UVG", sequences=info.sequences[:1], download="test")
+    _serve(server, info, tmp_path)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(py7zr.SevenZipFile, "extract", full_disk)
+    with pytest.raises(DatasetError, match="No space left on device.*archive is kept"):
+        download_dataset(info, tmp_path / "data", base_url=server.url, progress=False)
+    assert _names(tmp_path / "data" / "uvg") == [info.sequences[0].archive]  # kept, nothing partial
+    monkeypatch.undo()
+    download_dataset(info, tmp_path / "data", base_url=server.url, progress=False)
+    assert len(server.ranges) == 1  # the second run extracted the kept archive without downloading

@@ -48,8 +48,9 @@ def encode_file(
 
 
 def decode_file(bitstream: Path, out: Path) -> None:
-    """Decode a pixel-INR bitstream to an rgb24 file."""
-    decoded = PixelINRCodec.for_decoding(backbone_path=None, device="auto", progress=False).decompress(
+    """Decode a pixel-INR bitstream to an rgb24 file, on the CPU: a re-decode (e.g. to re-score a
+    point) then gives the very frames its stored scores were computed from."""
+    decoded = PixelINRCodec.for_decoding(backbone_path=None, device="cpu", progress=False).decompress(
         bitstream.read_bytes()
     )
     write_raw_rgb(decoded.frames, out)

@@ -36,7 +36,8 @@ class Encoded:
 
     ``reconstruction`` and ``decode_seconds`` are None unless the encode was asked to
     reconstruct (``encode(..., reconstruct=True)``): the decode an experiment reports is done
-    once, from the file, by :meth:`Codec.decompress`.
+    once, from the file, by :meth:`Codec.decompress`. ``peak_memory_bytes`` is the process's
+    peak when the bitstream was made, i.e. of training (before any reconstruction).
     """
 
     data: bytes

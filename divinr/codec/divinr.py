@@ -103,7 +103,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         nola=config.nola,
         nola_layers=0,
         sampler=config.sampler,
-        model_dtype="bfloat16" if config.model_dtype() == torch.bfloat16 else "float32",
+        model_dtype=str(config.model_dtype()).removeprefix("torch."),
     )
     try:
         write_container(SCHEMA_V1, header.to_fields(), [], version=FORMAT_VERSION)
@@ -245,6 +245,6 @@ class DiVINRCodec(Codec):
             )
         check_decode_memory(header)
         target = resolve_device(self.device)
-        dtype = torch.bfloat16 if header.model_dtype == "bfloat16" else torch.float32
+        dtype = getattr(torch, header.model_dtype)  # a name the header's DiT-dtype codes allow
         backbone = load_backbone(header.backbone, path=self.backbone_path, dtype=dtype, device=target)
         return decode_stream(data, backbone, device=target, progress=self.progress)

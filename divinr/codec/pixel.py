@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 HINERV_EPOCHS = (300, 60, 30)
 
 
-def pixel_inr_header(video: Video, inr: INRConfig, bits: int = 6) -> PixelINRHeader:
+def pixel_inr_header(video: Video, inr: INRConfig, bits: int) -> PixelINRHeader:
     """Header of a pixel-INR stream: geometry, frame rate, INR architecture and quantiser width."""
     return PixelINRHeader(
         frames=video.num_frames, width=video.width, height=video.height, fps=fps_fraction(video.fps), inr=inr,
@@ -88,16 +88,17 @@ class PixelINRCodec(Codec):
         """Train the INR on ``video`` and code it; ``workdir`` makes the training resumable."""
         from divinr.training.hinerv import train_hinerv
         from divinr.training.stages import paper_phases
+        from divinr.training.trainer import default_precision
 
         start = time.perf_counter()
         config = hinerv_config(self.preset, (video.height, video.width), video.num_frames)
         device = resolve_device(self.device)
+        phases = paper_phases(*self.epochs)
         inr, history = train_hinerv(
-            video.frames, config, paper_phases(*self.epochs), seed=self.seed, device=device,
-            precision="bf16-mixed" if device.type == "cuda" else "32", logger=logger,
-            enable_progress_bar=self.progress, workdir=workdir, callbacks=list(callbacks),
+            video.frames, config, phases, seed=self.seed, device=device, precision=default_precision(device),
+            logger=logger, enable_progress_bar=self.progress, workdir=workdir, callbacks=list(callbacks),
         )
-        header = pixel_inr_header(video, config)
+        header = pixel_inr_header(video, config, bits=phases[-1].quant_bits)  # the width Quant-Noise trained at
         data = pack(header, inr.state_dict(), {})
         if bitstream_path is not None:
             atomic_write_bytes(bitstream_path, data)

@@ -319,15 +319,6 @@ def writer_schema(header_type: type) -> HeaderSchema[Any]:
     return max((s for s in HEADER_SCHEMAS.values() if s.header is header_type and s.writable), key=lambda s: s.version)
 
 
-def header_problem(v: Mapping[str, HeaderValue], schema: HeaderSchema[Any] = DIVINR_V1) -> str | None:
-    """The first header value divinr's decoder cannot handle, described in a phrase, or None.
-
-    Pure Python on the raw field values: no torch, so ``divinr info`` can afford it, and the
-    encoder runs the same check before training so it never writes a stream it cannot decode.
-    """
-    return schema.problem(v)
-
-
 # -- tensor sections ----------------------------------------------------------------------------
 class SectionCoding(enum.IntEnum):
     """How a section's tensors are entropy-coded; the encoder keeps whichever is smaller."""

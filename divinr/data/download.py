@@ -76,6 +76,8 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
                         bar.update(len(chunk))
                 except (OSError, http.client.HTTPException):
                     pass  # reported below from the size actually written
+    # Without a Content-Length a cut transfer looks complete here; the archive's own CRCs and the
+    # registry's member sizes catch it at extraction, which then deletes the archive.
     size = part.stat().st_size
     if total is not None and size != total:
         raise DatasetError(
@@ -109,8 +111,14 @@ def extract_sequence(archive: Path, seq: SequenceInfo, folder: Path) -> Path:
                         f"{seq.filename} in {archive.name} is {member.uncompressed:,} bytes, expected {seq.describe()}: "
                         f"the site may have changed the file; do not use it for benchmarks"
                     )
-                z.extract(path=work, targets=[member.filename])
-        except (ArchiveError, EOFError, OSError, ValueError, KeyError) as exc:
+                try:
+                    z.extract(path=work, targets=[member.filename])
+                except OSError as exc:  # a full disk or a permission: the archive itself may be fine
+                    raise DatasetError(
+                        f"cannot extract {seq.filename} into {folder} ({exc}); free space or fix permissions and run "
+                        "the command again (the archive is kept)"
+                    ) from None
+        except (ArchiveError, EOFError, ValueError, KeyError) as exc:
             archive.unlink(missing_ok=True)
             raise DatasetError(
                 f"archive {archive.name} is corrupt ({type(exc).__name__}: {exc}); it was deleted: run the command "

@@ -69,8 +69,13 @@ def fetch_command(repo_id: str, revision: str | None, files: Iterable[str]) -> s
 
 
 def is_hub_id(source: str) -> bool:
-    """Whether ``source`` can only mean a Hub repo (``org/name``), not a local folder."""
-    if Path(source).expanduser().exists() or source.startswith((".", "~", "/")):
+    """Whether ``source`` can only mean a Hub repo (``org/name``), not a local folder.
+
+    ``weights/wan`` whose ``weights/`` exists is a mistyped local folder, not a Hub id: the
+    user then gets the missing-folder error, not a misleading Hub-cache one.
+    """
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "~", "/")) or path.parent.is_dir() and path.parent != Path("."):
         return False
     try:
         validate_repo_id(source)

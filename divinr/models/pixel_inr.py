@@ -5,7 +5,7 @@ The pixel-INR codec (:class:`divinr.codec.pixel.PixelINRCodec`) and its trainer
 the frames' temporal coordinates and rendering every frame. Nothing here needs Lightning, so
 the decoder evaluates the INR with this module alone::
 
-    preset --pixel_inr_config(frame size, frames)--> INRConfig (rgb head)
+    preset --hinerv_config(frame size, frames)--> INRConfig (rgb head)
     f = i / (T - 1) --LatentINR--> frame i, (3, H, W) in [0, 1]
 """
 

@@ -31,7 +31,7 @@ from divinr.training.losses import LossConfig
 from divinr.training.module import DiVINRModule
 from divinr.training.resume import prepare_workdir, resume_path, settings_digest
 from divinr.training.stages import Phase, paper_phases, total_epochs
-from divinr.training.trainer import build_trainer, fit
+from divinr.training.trainer import build_trainer, default_precision, fit
 
 
 @dataclass
@@ -87,7 +87,7 @@ class EncoderConfig:
     def resolved_precision(self) -> str:
         if self.precision != "auto":
             return self.precision
-        return "bf16-mixed" if self.resolved_device().type == "cuda" else "32-true"
+        return default_precision(self.resolved_device())
 
     def model_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.resolved_precision().startswith("bf16") else torch.float32

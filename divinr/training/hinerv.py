@@ -12,9 +12,9 @@ Quant-Noise) and the bitstream machinery with DiV-INR; only the target and the l
     AdamW (no decay = Adam) lr 2e-3, cosine per phase, set by StageCallback
 
 Time coordinates are ``f = i / (T - 1)`` over the frames of the whole sequence (the pixel head
-renders frames, not latent frames). Presets in :data:`divinr.models.pixel_inr.HINERV_PRESETS` upsample a 9x16 base
-grid by (4, 2, 2, 2, 2) = 64 to 576x1024, HiNeRV's layout at 1080p (9x16 base, stride 120)
-scaled to the paper's resolution.
+renders frames, not latent frames). Presets in :data:`divinr.models.pixel_inr.HINERV_PRESETS`
+upsample a 9x16 base grid by (4, 2, 2, 2, 2) = 64 to 576x1024, HiNeRV's layout at 1080p (9x16
+base, stride 120) scaled to the paper's resolution.
 
 MS-SSIM in the loss follows pytorch_msssim, which HiNeRV trains with: Gaussian window 11 /
 1.5, valid (unpadded) filtering, negative contrast terms clamped to 0, per-channel values
@@ -25,8 +25,6 @@ weights renormalised to sum to 1 (see :func:`msssim_scales`).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 

@@ -37,7 +37,8 @@ class DiVINRModule(L.LightningModule):
         backbone: the frozen Wan transformer + VAE, already adapted by the caller
             (:meth:`~divinr.models.backbone.Backbone.adapt`; with ``num_bases=0``, the
             PEFT-size ablation, nothing is adapted and only the INR trains). The module never
-            changes what it is given: whoever injects the adapters also removes them.
+            changes what it is given; the adapters belong to whoever injected them (the codec
+            removes them before it reconstructs with the same backbone).
         inr: the latent INR producing (y, M) for temporal coordinates.
         phases: the stage schedule (also handed to the :class:`StageCallback`).
         loss: lambda schedule and timestep density.

@@ -19,6 +19,11 @@ from torch.utils.data import DataLoader
 from divinr.training.resume import resumable_callbacks
 
 
+def default_precision(device: torch.device) -> str:
+    """bf16 mixed precision on GPU (the paper's set-up), float32 on CPU."""
+    return "bf16-mixed" if device.type == "cuda" else "32-true"
+
+
 def build_trainer(
     *,
     max_epochs: int,
