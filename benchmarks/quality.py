@@ -34,12 +34,14 @@ import torch
 from divinr.anchors import build_codec
 from divinr.anchors.base import param_tag
 from divinr.atomic import atomic_path, atomic_write_text
-from divinr.codec import EncoderConfig, compress, load_clip
+from divinr.codec import DiVINRCodec, load_clip
 from divinr.compression.bitstream import unpack
-from divinr.data.gop import pixel_count, split_gops
+from divinr.training.encoder import EncoderConfig
+from divinr.data.gop import split_gops
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError
+from divinr.rate import bits_per_pixel
 from divinr.inference.decoder import render_conditioning, sample_gop
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.bd import bd_metric
@@ -98,7 +100,7 @@ def divinr_points(
         config = EncoderConfig(
             backbone=args.backbone, inr=preset, phases=paper_phases(*args.epochs), device="cpu", seed=args.seed
         )
-        result = compress(video, config, progress=False, bitstream_path=stream_path)
+        result = DiVINRCodec(config, progress=False).encode(video, bitstream_path=stream_path, reconstruct=True)
         return {
             "codec": "divinr", "param": preset, "bpp": result.bpp, "bits": result.bits,
             **_score(frames, result.reconstruction.frames),
@@ -108,7 +110,7 @@ def divinr_points(
     def inr_only() -> dict[str, Any]:
         data = stream_path.read_bytes()
         decoded = render_conditioning(backbone, unpack(data))
-        bpp = len(data) * 8 / pixel_count(video.num_frames, video.width, video.height)
+        bpp = bits_per_pixel(len(data), video.num_frames, video.width, video.height)
         return {"codec": "inr_only", "param": preset, "bpp": bpp, **_score(frames, decoded.frames)}
 
     settings = {**weights, "epochs": list(args.epochs), "seed": args.seed}

@@ -63,12 +63,10 @@ from divinr.reporting import (
     codec_labels,
     dataset_order,
     load_point_fid_stats,
-    log_rd_to_wandb,
     missing_fid_stats,
     plot_rd_curves,
     rd_points,
     sequence_curves,
-    wandb_mode,
 )
 from divinr.results import RunResult, atomic_write_text, load_results
 
@@ -626,41 +624,7 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     return [out_dir / name for name in outputs]
 
 
-# ---------------------------------------------------------------------------- W&B and CLI
-
-
-def _log_wandb(table: Table1, results: Sequence[RunResult], out_dir: Path, fid_stats: FidStats | None) -> None:
-    """Log the table and the RD curves to a new W&B run; failures only warn."""
-    try:
-        import wandb
-    except ImportError:
-        warnings.warn("--wandb: the wandb package is not installed; nothing logged", UserWarning, stacklevel=2)
-        return
-    try:
-        run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "divinr"),
-            job_type="table1",
-            dir=str(out_dir),
-            mode=wandb_mode(out_dir),
-            config={
-                "anchor": table.anchor, "method": table.method, "fid": table.fid,
-                "columns": {f"{c.dataset}/{c.metric}": c.method for c in table.columns.values()},
-            },
-        )
-    except Exception as exc:  # noqa: BLE001 - W&B must never cost the tables already written
-        warnings.warn(f"--wandb: could not start a W&B run ({type(exc).__name__}: {exc})", UserWarning, stacklevel=2)
-        return
-    try:
-        columns = ["codec"] + [f"{d}/{m}" for d in table.datasets for m in table.metrics]
-        rows = [
-            [c] + [table.cells[(c, d, m)].value for d in table.datasets for m in table.metrics] for c in table.codecs
-        ]
-        run.log({"table1": wandb.Table(columns=columns, data=rows)})
-        log_rd_to_wandb(results, run, anchor=table.anchor, figure_dir=out_dir / "figures", fid_stats=fid_stats)
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"--wandb: logging failed ({type(exc).__name__}: {exc})", UserWarning, stacklevel=2)
-    finally:
-        run.finish()
+# ---------------------------------------------------------------------------- CLI
 
 
 def run_table1(
@@ -713,7 +677,9 @@ def run_table1(
         results = [replace(r, metrics={**r.metrics, "fid": None}) if id(r) in lacking else r for r in results]
     written += plot_rd_curves(results, out_dir / "figures", anchor=anchor, fid_stats=fid_stats)
     if use_wandb:
-        _log_wandb(table, results, out_dir, fid_stats)
+        from experiments.wandb_logging import log_table1
+
+        log_table1(table, results, out_dir, fid_stats)
     return table, written
 
 

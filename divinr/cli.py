@@ -1,4 +1,4 @@
-"""Command line: ``divinr encode | decode | info | weights`` (also ``python -m divinr``).
+"""Command line: ``divinr encode | decode | info | weights | data`` (also ``python -m divinr``).
 
 Problems a user can cause end with one line ``divinr: error: ...`` and exit status 2.
 """
@@ -6,12 +6,13 @@ Problems a user can cause end with one line ``divinr: error: ...`` and exit stat
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +52,91 @@ def _gibibytes(text: str) -> float:
     return value
 
 
+class LibraryDefaultsParser(argparse.ArgumentParser):
+    """A subcommand parser whose defaults are read from the library when that subcommand runs.
+
+    The library's dataclasses declare the defaults; reading them imports torch, which
+    ``divinr info`` must not pay for, so each subcommand fetches its own only when chosen.
+    """
+
+    def __init__(self, *args: Any, library_defaults: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.library_defaults = library_defaults
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        if self.library_defaults is not None:
+            self.set_defaults(**self.library_defaults())  # before parsing, so --help shows them too
+        return super().parse_known_args(args, namespace)
+
+
+#: The encoder's backbone when none is named: the shipped, pretrained one; the library's own
+#: default (``EncoderConfig.backbone``) is the random ``tiny`` of the tests.
+CLI_BACKBONE = "mini"
+
+
+def encode_defaults() -> dict[str, Any]:
+    """``divinr encode`` flag defaults (by ``dest``), each read from the library setting it feeds."""
+    from divinr.codec import load_clip
+    from divinr.data.datasets import CODING_SIZE
+    from divinr.data.video import read_video
+    from divinr.inference.sampler import SamplerConfig
+    from divinr.models.nola import NOLAConfig
+    from divinr.training.encoder import EncoderConfig
+    from divinr.training.stages import paper_phases
+
+    phases = inspect.signature(paper_phases).parameters
+    return {
+        "backbone_path": EncoderConfig.backbone_path,
+        "inr_size": EncoderConfig.inr,
+        # as the flags are typed (argparse parses string defaults with the flag's type), so --help
+        # shows 300,120,60 and 1024x576
+        "epochs": ",".join(str(phases[n].default) for n in ("dense_epochs", "prune_epochs", "quant_epochs")),
+        "resolution": "{}x{}".format(*CODING_SIZE),
+        "frames": inspect.signature(load_clip).parameters["max_frames"].default,
+        "start": inspect.signature(load_clip).parameters["start"].default,
+        "seed": EncoderConfig.seed,
+        "steps": SamplerConfig.steps,
+        "gop": EncoderConfig.gop_size,
+        "nola_bases": NOLAConfig.num_bases,
+        "device": EncoderConfig.device,
+        "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
+    }
+
+
+def decode_defaults() -> dict[str, Any]:
+    """``divinr decode`` flag defaults, from the decoder's memory budget."""
+    from divinr.inference.decoder import DEFAULT_MEMORY_BUDGET
+
+    return {"max_memory": DEFAULT_MEMORY_BUDGET / 2**30}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divinr", description="DiV-INR extreme low-bitrate video codec")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=LibraryDefaultsParser)
 
-    enc = sub.add_parser("encode", help="train INR + NOLA on a video and write the bitstream")
+    enc = sub.add_parser(
+        "encode", help="train INR + NOLA on a video and write the bitstream", library_defaults=encode_defaults
+    )
     enc.add_argument("input", help="video file: .yuv (give --input-size), .y4m, or any container PyAV reads")
     enc.add_argument("-o", "--output", required=True, help="bitstream to write (.dvr)")
     enc.add_argument(
-        "--backbone", default="mini", help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests)"
+        "--backbone", default=CLI_BACKBONE,
+        help="backbone preset (mini, wan2.1-fun-1.3b-inp, wan2.1-t2v-1.3b; tiny for tests; default %(default)s)",
     )
-    enc.add_argument("--backbone-path", help="local diffusers-format weights of the backbone")
-    enc.add_argument("--inr-size", default="xxs", help="INR size preset (xxs, xs, s, m, l, xl)")
-    enc.add_argument("--epochs", type=_epochs, default=(300, 120, 60), help="DENSE,PRUNE,QUANT epochs (default 300,120,60)")
-    enc.add_argument("--resolution", type=_resolution, default=(1024, 576), help="coding resolution WxH (default 1024x576)")
+    enc.add_argument(
+        "--backbone-path",
+        help="the backbone's weights: a local diffusers folder, an original Wan / VideoX-Fun folder, or a Hub id",
+    )
+    enc.add_argument("--inr-size", help="INR size preset (xxs, xs, s, m, l, xl; default %(default)s)")
+    enc.add_argument("--epochs", type=_epochs, help="DENSE,PRUNE,QUANT epochs (default %(default)s)")
+    enc.add_argument("--resolution", type=_resolution, help="coding resolution WxH (default %(default)s)")
     enc.add_argument("--frames", type=int, help="code at most N frames")
-    enc.add_argument("--start", type=int, default=0, help="first frame to code")
-    enc.add_argument("--seed", type=int, default=0, help="training and noise seed")
-    enc.add_argument("--steps", type=int, default=20, help="UniPC sampling steps at the decoder")
-    enc.add_argument("--gop", type=int, default=25, help="GoP length (1+4k frames)")
-    enc.add_argument("--nola-bases", type=int, default=500, help="NOLA bases per factor (0 disables adapters)")
-    enc.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    enc.add_argument("--start", type=int, help="first frame to code (default %(default)s)")
+    enc.add_argument("--seed", type=int, help="training and noise seed (default %(default)s)")
+    enc.add_argument("--steps", type=int, help="UniPC sampling steps at the decoder (default %(default)s)")
+    enc.add_argument("--gop", type=int, help="GoP length (1+4k frames; default %(default)s)")
+    enc.add_argument("--nola-bases", type=int, help="NOLA bases per factor (0 disables adapters; default %(default)s)")
+    enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
@@ -79,22 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute DiT activations in the backward pass (default: on for the 1.3B presets)",
     )
     enc.add_argument("--input-size", type=_resolution, help="WxH of a raw .yuv input")
-    enc.add_argument("--bit-depth", type=int, default=8, help="bit depth of a raw .yuv input (8 or 10)")
+    enc.add_argument("--bit-depth", type=int, help="bit depth of a raw .yuv input (8 or 10; default %(default)s)")
     enc.add_argument("--fps", type=float, help="frame rate of a raw .yuv input")
     enc.add_argument("--workdir", help="checkpoints and latent cache (lets an interrupted encode resume)")
     enc.add_argument("--recon", help="also write the encoder's reconstruction (.y4m/.yuv/.mp4/.mkv)")
 
-    dec = sub.add_parser("decode", help="decode a bitstream to a video file")
+    dec = sub.add_parser("decode", help="decode a bitstream to a video file", library_defaults=decode_defaults)
     dec.add_argument("input", help="bitstream (.dvr)")
     dec.add_argument("-o", "--output", required=True, help="video to write: .y4m, .yuv, .mp4 or .mkv")
-    dec.add_argument("--backbone-path", help="local diffusers-format weights of the backbone named in the stream")
+    dec.add_argument(
+        "--backbone-path",
+        help="weights of the backbone named in the stream (diffusers folder, original Wan folder or Hub id)",
+    )
     dec.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     dec.add_argument(
         "--max-memory",
         type=_gibibytes,
-        default=8.0,
         metavar="GIB",
-        help="refuse streams whose decoded video needs more memory than this (default 8 GiB)",
+        help="refuse streams whose decoded video needs more memory than this (default %(default)g GiB)",
     )
 
     info = sub.add_parser("info", help="show a bitstream's header, bits by part and bpp")
@@ -103,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="list or download the metric weights cache")
     weights.add_argument("args", nargs=argparse.REMAINDER, help="list | download [names] [--timeout S]")
+
+    data = sub.add_parser("data", help="download a benchmark dataset (UVG) or show how to obtain it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("download", help="fetch, extract and check a dataset's raw files")
+    fetch.add_argument("dataset", help="uvg (downloaded), mcl_jcv or jvetb (instructions only)")
+    fetch.add_argument("--root", help="data root holding one folder per dataset (default $DIVINR_DATA_ROOT)")
+    fetch.add_argument("--base-url", help="mirror of the archives' folder (default: the dataset's site)")
+    fetch.add_argument("--keep-archives", action="store_true", help="keep the 7z files after extraction")
     return parser
 
 
@@ -191,10 +266,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     """``cmd_encode`` once the flags are checked: every output is checked before the clip is read and trained on."""
-    from divinr.codec import EncoderConfig, compress, load_clip
+    from divinr.codec import DiVINRCodec, load_clip
     from divinr.data.video import WRITE_SUFFIXES, write_video
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
+    from divinr.training.encoder import EncoderConfig
     from divinr.training.stages import paper_phases
 
     width, height = args.resolution
@@ -224,11 +300,13 @@ def _encode(args: argparse.Namespace) -> int:
             args.backbone not in ("tiny", "mini") if args.gradient_checkpointing is None else args.gradient_checkpointing
         ),
     )
-    result = compress(video, config, workdir=args.workdir, bitstream_path=args.output)
-    if args.recon:
+    result = DiVINRCodec(config).encode(
+        video, workdir=args.workdir, bitstream_path=args.output, reconstruct=bool(args.recon)
+    )
+    if result.reconstruction is not None:
         write_video(args.recon, result.reconstruction.frames, video.fps)
     print(
-        f"wrote {args.output}: {len(result.bitstream)} bytes, {result.bpp:.5f} bpp "
+        f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp "
         f"(inr {result.bits['inr']} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )
@@ -254,53 +332,39 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def stream_info(data: bytes) -> dict[str, Any]:
     """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
-    Reads the header without torch or diffusers, so it takes milliseconds, not seconds.
+    Reads the header without torch or diffusers, so it takes milliseconds, not seconds. A
+    pixel-INR stream has no backbone, GoP, mask, NOLA or sampler entries.
     """
-    from divinr.compression.bitstream import (
-        FORMAT_VERSION,
-        INR_FIELDS,
-        INR_HEAD_CODES,
-        CodecKind,
-        MaskMode,
-        bits_breakdown,
-        read_header,
-    )
+    from divinr.compression.bitstream import CodecKind, bits_breakdown, read_header_schema
+    from divinr.rate import bits_per_pixel
 
-    v = read_header(data)
+    schema, v = read_header_schema(data)
+    view = schema.view(v)
     bits = bits_breakdown(data)
-    heads = {code: name for name, code in INR_HEAD_CODES.items()}
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": CodecKind(v["kind"]).name.lower(),
-        # over the real frames, as divinr.data.gop.pixel_count (not imported: it loads torch)
-        "bpp": bits["total"] / (v["frames"] * v["width"] * v["height"]),
+    info = {
+        "format_version": schema.version,
+        "kind": CodecKind(schema.kind).name.lower(),
+        "bpp": bits_per_pixel(len(data), v["frames"], v["width"], v["height"]),
         "bytes": len(data),
         "bits": bits,
         "frames": v["frames"],
         "width": v["width"],
         "height": v["height"],
         "fps": v["fps_num"] / v["fps_den"],
-        "gop_size": v["gop_size"],
-        "backbone": v["backbone"],
-        "backbone_fingerprint": v["backbone_fingerprint"].hex(),
-        "inr": {**{name.removeprefix("inr_"): v[name] for name in INR_FIELDS}, "head": heads[v["inr_head"]]},
-        "mask_mode": MaskMode(v["mask_mode"]).name.lower(),
+        "inr": view["inr"],
         "quant_bits": v["quant_bits"],
-        "nola": {
-            "layers": v["nola_layers"],
-            "rank": v["nola_rank"],
-            "num_bases": v["nola_bases"],
-            "basis_variance": v["nola_variance"],
-            "scaling": v["nola_scaling"],
-            "seed": v["nola_seed"],
-        },
-        "sampler": {
-            "steps": v["sampler_steps"],
-            "flow_shift": v["sampler_flow_shift"],
-            "noise_seed": v["sampler_noise_seed"],
-            "solver_order": v["sampler_order"],
-        },
     }
+    if schema.kind == CodecKind.DIVINR:
+        nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
+        info.update(
+            gop_size=v["gop_size"],
+            backbone=v["backbone"],
+            backbone_fingerprint=v["backbone_fingerprint"].hex(),
+            mask_mode=view["mask_mode"].name.lower(),
+            nola={"layers": v["nola_layers"], **nola},
+            sampler=view["sampler"],
+        )
+    return info
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -310,11 +374,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     bits = info["bits"]
     print(f"{args.input}: divinr bitstream v{info['format_version']} ({info['kind']})")
-    print(f"  video     {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']:g} fps, GoP {info['gop_size']}")
-    print(f"  backbone  {info['backbone'] or '-'} {info['backbone_fingerprint'][:16]}")
+    gop = f", GoP {info['gop_size']}" if "gop_size" in info else ""
+    print(f"  video     {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']:g} fps{gop}")
+    if "backbone" in info:
+        print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
     print(f"  inr       {info['inr']}")
-    print(f"  nola      {info['nola']}")
-    print(f"  sampler   {info['sampler']}")
+    for part in ("nola", "sampler"):
+        if part in info:
+            print(f"  {part:9s} {info[part]}")
     for part in ("inr", "nola", "header"):
         print(f"  {part:9s} {bits[part]:>10d} bits  {100 * bits[part] / bits['total']:5.1f} %")
     print(f"  total     {bits['total']:>10d} bits  {info['bpp']:.6f} bpp")
@@ -327,9 +394,23 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return weights_main(args.args or ["list"])
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from divinr.data.datasets import get_dataset
+    from divinr.data.download import UVG_BASE_URL, download_dataset
+
+    info = get_dataset(args.dataset)
+    if not info.downloadable:
+        print(f"{info.title} has no public direct download; obtain it this way: {info.download}")
+        print(f"then place {', '.join(s.filename for s in info.sequences[:2])}, ... in <root>/{info.name}/")
+        return 0
+    paths = download_dataset(info, args.root, base_url=args.base_url or UVG_BASE_URL, keep_archives=args.keep_archives)
+    print(f"{info.title}: {len(paths)} raw files complete in {paths[0].parent}")
+    return 0
+
+
 # 128 + SIGPIPE, the status of a Unix tool whose output pipe was closed.
 EXIT_BROKEN_PIPE = 141
-COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "weights": cmd_weights}
+COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "weights": cmd_weights, "data": cmd_data}
 
 
 def _silence_stdout() -> None:

@@ -1,4 +1,4 @@
-"""Rate-distortion curves from results files: averaging, figures, and Weights & Biases logging.
+"""Rate-distortion curves from results files: averaging, figures and tables, nothing else.
 
 Sweeps, the experiment runner and Table 1 all draw their curves from :class:`RunResult`
 records through here, so every figure and table averages the same way:
@@ -9,7 +9,7 @@ records through here, so every figure and table averages the same way:
                                           the pooled FID of those sequences' patches, from the
                                           fid_stats.npz beside each results.json)
                      --plot_rd_curves---> rd_<dataset>.png / .pdf (one subplot per metric)
-                     --log_rd_to_wandb--> wandb.Table + line plots + the PNGs
+                     --point_rows-------> one table row per point (POINT_COLUMNS)
 
 Averaging at equal rate point (not at equal bpp) is what the benchmark papers plot: each
 codec setting (QP, INR preset) gives one point per sequence, and the dataset point is the mean
@@ -18,23 +18,19 @@ BENCHMARKS.md). Only ``status == "ok"`` results with a positive finite bpp and a
 of the metric count. A rate point missing on some sequence is left out of the dataset average
 (with a warning), since averaging it over fewer sequences would mix different content.
 
-Figures need only matplotlib (Agg canvas, no pyplot state); W&B is optional and never
-required for a figure or a table.
+Figures need only matplotlib (Agg canvas, no pyplot state). Results go in, curves, figures
+and rows come out: sending them anywhere (Weights & Biases: ``experiments.wandb_logging``) is
+the caller's business.
 """
 
 from __future__ import annotations
 
 import math
-import netrc
-import os
-import sys
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import torch
 
@@ -49,11 +45,9 @@ if TYPE_CHECKING:
 
 ANCHOR_CODEC = "divinr"
 FIGURE_FORMATS = ("png", "pdf", "svg")
-WANDB_COLUMNS = ("dataset", "sequence", "codec", "rate_point", "bpp", *REPORTED_METRICS)
+POINT_COLUMNS = ("dataset", "sequence", "codec", "rate_point", "bpp", *REPORTED_METRICS)
 #: Sequence name of points that are already dataset averages (imported from papers).
 AVERAGE_SEQUENCE = "average"
-_WANDB_HOST = "https://api.wandb.ai"
-_offline_notice_shown = False
 
 Curve = list[tuple[float, float]]
 #: (dataset key, codec, sequence, rate point) -> (real, fake) ``FeatureStats`` of that point.
@@ -340,54 +334,8 @@ def plot_rd_curves(
     return written
 
 
-# ---------------------------------------------------------------------------- Weights & Biases
-
-
-def _has_api_key() -> bool:
-    """Whether W&B would find credentials: its environment variables or a netrc entry for its host."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or _WANDB_HOST).netloc
-    for candidate in candidates:
-        path = Path(candidate).expanduser()
-        try:
-            entry = netrc.netrc(str(path)).authenticators(host)
-        except (OSError, netrc.NetrcParseError):
-            continue
-        if entry is not None and entry[2]:
-            return True
-    return False
-
-
-def wandb_mode(directory: str | Path | None = None) -> str:
-    """The W&B mode a run should use: ``$WANDB_MODE`` if set, else online with a key, else offline.
-
-    Without credentials an online ``wandb.init`` would prompt or fail; offline runs keep
-    everything on disk for a later ``wandb sync``. The first time offline is chosen, one
-    notice goes to stderr.
-
-    Args:
-        directory: the ``dir`` the run will be created in (default ``$WANDB_DIR`` or the
-            current folder); used only for the notice.
-
-    Returns:
-        ``"online"``, ``"offline"``, or whatever ``$WANDB_MODE`` says (e.g. ``"disabled"``).
-    """
-    global _offline_notice_shown
-    explicit = os.environ.get("WANDB_MODE", "").strip()
-    if explicit:
-        return explicit
-    if _has_api_key():
-        return "online"
-    if not _offline_notice_shown:
-        where = Path(directory or os.environ.get("WANDB_DIR") or os.getcwd()) / "wandb"
-        print(f"W&B: no API key found, logging offline to {where}", file=sys.stderr)
-        _offline_notice_shown = True
-    return "offline"
-
-
-def _wandb_rows(results: Iterable[RunResult]) -> list[list[Any]]:
+def point_rows(results: Iterable[RunResult]) -> list[list[Any]]:
+    """One row per ok result with the columns of :data:`POINT_COLUMNS` (non-finite values as None)."""
     rows = []
     for r in results:
         if r.status != "ok":
@@ -395,72 +343,6 @@ def _wandb_rows(results: Iterable[RunResult]) -> list[list[Any]]:
         metrics = [_finite(r.metrics.get(m)) for m in REPORTED_METRICS]
         rows.append([dataset_key(r.dataset), r.sequence, r.codec, r.rate_point, _finite(r.bpp), *metrics])
     return rows
-
-
-def log_rd_to_wandb(
-    results: Sequence[RunResult],
-    run: Any = None,
-    *,
-    anchor: str = ANCHOR_CODEC,
-    figure_dir: str | Path | None = None,
-    prefix: str = "rd",
-    fid_stats: FidStats | None = None,
-) -> bool:
-    """Log all RD points, per-dataset line plots and the RD figures to a W&B run.
-
-    Logged keys: ``<prefix>/points`` (a ``wandb.Table`` with :data:`WANDB_COLUMNS`, one row
-    per ok result), ``<prefix>/<dataset>/<metric>`` (``wandb.plot.line_series`` of the
-    dataset averages, one line per codec) and ``<prefix>/<dataset>/figure`` (the PNG of
-    :func:`plot_rd_curves`). W&B problems never propagate: they become a warning, so a sweep
-    never dies in its reporting step.
-
-    Args:
-        results: run results.
-        run: a ``wandb`` run; None uses the active ``wandb.run``.
-        anchor: codec to highlight in the figures.
-        figure_dir: where to write the PNGs (default: a temporary folder).
-        prefix: key prefix.
-        fid_stats: plot the pooled per-dataset FID instead of the mean FID (see :func:`rd_points`).
-
-    Returns:
-        True when something was logged; False when W&B is missing, no run is active, or
-        logging failed.
-    """
-    try:
-        import wandb
-    except ImportError:
-        warnings.warn("W&B logging skipped: the wandb package is not installed", RDWarning, stacklevel=2)
-        return False
-    run = run if run is not None else wandb.run
-    if run is None:
-        warnings.warn("W&B logging skipped: no active run; call wandb.init first", RDWarning, stacklevel=2)
-        return False
-    labels = codec_labels(results)
-    try:
-        payload: dict[str, Any] = {
-            f"{prefix}/points": wandb.Table(columns=list(WANDB_COLUMNS), data=_wandb_rows(results))
-        }
-        for metric in REPORTED_METRICS:
-            by_dataset: dict[str, list[tuple[str, Curve]]] = defaultdict(list)
-            for (dataset, codec), points in sorted(rd_points(results, metric, fid_stats).items()):
-                by_dataset[dataset].append((codec, points))
-            for dataset, lines in by_dataset.items():
-                payload[f"{prefix}/{dataset}/{metric}"] = wandb.plot.line_series(
-                    xs=[[p[0] for p in points] for _, points in lines],
-                    ys=[[p[1] for p in points] for _, points in lines],
-                    keys=[labels.get(codec, codec) for codec, _ in lines],
-                    title=f"{dataset_title(dataset)}: {METRIC_LABELS.get(metric, metric)} vs bpp",
-                    xname="bpp",
-                )
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(figure_dir) if figure_dir is not None else Path(tmp)
-            for path in plot_rd_curves(results, folder, formats=("png",), anchor=anchor, fid_stats=fid_stats):
-                payload[f"{prefix}/{path.stem.removeprefix('rd_')}/figure"] = wandb.Image(str(path))
-            run.log(payload)  # copies the images into the run before the folder goes away
-    except Exception as exc:  # noqa: BLE001 - any W&B failure must not end a sweep
-        warnings.warn(f"W&B logging failed ({type(exc).__name__}: {exc}); results files are unaffected", RDWarning)
-        return False
-    return True
 
 
 def plot_comparison(

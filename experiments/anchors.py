@@ -1,7 +1,7 @@
 """Run a reference codec (anchor) over one sequence from a Hydra config, one folder per rate point.
 
     cfg.anchor --build_codec(name, **kwargs)--> ReferenceCodec, its sweep [{"qp": 51}, ...]
-    cfg.data --experiments.run.frames_source--> Video (the frames DiV-INR codes)
+    cfg.data --experiments.points.frames_source--> Video (the frames DiV-INR codes)
         --write_raw_rgb--> input.rgb (once per job, deleted at the end; the recorded
                            commands start with the line that rebuilds it from the source)
         --codec.encode_decode(param)--> <codec>_<tag>.<stream>, decoded rgb24 --> metrics
@@ -25,31 +25,23 @@ from __future__ import annotations
 import inspect
 import sys
 import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from divinr.anchors import CODECS, ReferenceCodec, build_codec, write_raw_rgb
 from divinr.anchors.base import RawVideo, param_tag, read_raw_rgb_levels
 from divinr.data.video import Video
-from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
+from divinr.errors import DivinrError, PresetError, unknown_choice
 from divinr.metrics.evaluate import SequenceEvaluator
-from divinr.results import RESULTS_NAME, RunResult, git_commit, is_finished, read_result, write_result
+from divinr.results import RunResult, git_commit
 from experiments.callbacks import summary_table
-from experiments.run import (
-    _one_line,
-    changed_settings,
-    frames_source,
-    metrics_to_rescore,
-    point_name,
-    report_failure,
-    rescore_result,
-    score_fields,
-    store_rescored,
+from experiments.points import (
+    Point, failed_result, frames_source, point_name, rescore_result, run_points, score_fields, sequence_dir,
 )
 
 #: Constructor arguments that list a codec's rate points: changing them adds or drops points
@@ -120,13 +112,22 @@ def _label(cfg: DictConfig, codec: ReferenceCodec) -> str:
         return codec.name
 
 
+@dataclass(frozen=True)
+class AnchorInputs:
+    """What every point of the job reads, set up once: the reference frames, their rgb24 file
+    (the codec's input), the metric networks, a scratch folder."""
+
+    video: Video
+    raw: RawVideo
+    evaluator: SequenceEvaluator
+    tmp: Path
+
+
 def encode_anchor_point(
     cfg: DictConfig,
     codec: ReferenceCodec,
     param: dict[str, Any],
-    video: Video,
-    raw: RawVideo,
-    evaluator: SequenceEvaluator,
+    inputs: AnchorInputs,
     run_dir: Path,
     name: tuple[str, str],
 ) -> RunResult:
@@ -136,18 +137,17 @@ def encode_anchor_point(
         cfg: the composed root config.
         codec: the anchor.
         param: its rate point, e.g. ``{"qp": 37}``.
-        video: the reference frames (as DiV-INR loads them).
-        raw: those frames as the shared rgb24 file the codec reads.
-        evaluator: metrics, networks loaded once per job.
+        inputs: the job's reference frames (as DiV-INR loads them), their rgb24 file and metrics.
         run_dir: the point's folder (stream and, with ``keep_workdir``, the decoded file go there).
         name: (dataset, sequence).
 
     Returns:
         The point's :class:`RunResult`.
     """
-    point = codec.encode_decode(raw, video.fps, param, run_dir, keep_decoded=False)
+    video = inputs.video
+    point = codec.encode_decode(inputs.raw, video.fps, param, run_dir, keep_decoded=False)
     decoded_path = Path(point.decoded_path)
-    scores = evaluator(video.frames, read_raw_rgb_levels(decoded_path, video.num_frames, video.width, video.height))
+    scores = inputs.evaluator(video.frames, read_raw_rgb_levels(decoded_path, video.num_frames, video.width, video.height))
     if not cfg.keep_workdir:
         decoded_path.unlink()  # rgb24 is ~1 GB per 600 frames; the stream reproduces it
     fields, extra = score_fields(cfg, scores, run_dir)
@@ -176,24 +176,50 @@ def encode_anchor_point(
     )
 
 
-def _failed(
-    cfg: DictConfig, codec: ReferenceCodec, param: dict[str, Any], name: tuple[str, str], exc: BaseException
+def _inputs(cfg: DictConfig, codec: ReferenceCodec, folder: Path, stack: ExitStack) -> AnchorInputs:
+    """Check the codec's tools, load the frames once and write them once as the shared input file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".input-", dir=folder)))
+    codec.check()
+    source = frames_source(cfg)
+    video = source.read()
+    evaluator = SequenceEvaluator(list(cfg.metrics), skip_missing=True)
+    return AnchorInputs(video, write_raw_rgb(video.frames, tmp / "input.rgb", source=source), evaluator, tmp)
+
+
+def _rescore_anchor_point(
+    codec: ReferenceCodec, inputs: AnchorInputs, stored: RunResult, run_dir: Path, metrics: list[str]
 ) -> RunResult:
-    return RunResult(
-        codec=codec.name, label=_label(cfg, codec), dataset=name[0], sequence=name[1],
-        rate_point=rate_point_name(param), git_commit=git_commit(),
-        config={
-            "resolved": OmegaConf.to_container(cfg, resolve=True), "param": dict(param),
-            "user_error": isinstance(exc, DivinrError),
-        },
-        status="failed", error=_one_line(exc),
+    """Decode a finished point's stream again and compute the metrics it lacks."""
+    raw, decoded = inputs.raw, inputs.tmp / "decoded.rgb"
+    codec.decode(raw, run_dir / str(stored.bitstream), decoded)
+    frames = read_raw_rgb_levels(decoded, raw.num_frames, raw.width, raw.height)
+    decoded.unlink()
+    return rescore_result(stored, run_dir, inputs.video.frames, frames, metrics)
+
+
+def _point(
+    cfg: DictConfig, codec: ReferenceCodec, param: dict[str, Any], folder: Path, name: tuple[str, str]
+) -> Point[AnchorInputs]:
+    """How the runner codes, re-scores and fails one rate point of the sweep."""
+    run_dir = folder / rate_point_name(param)
+    return Point(
+        run_dir,
+        code=lambda inputs: encode_anchor_point(cfg, codec, param, inputs, run_dir, name),
+        rescore=lambda inputs, stored, metrics: _rescore_anchor_point(codec, inputs, stored, run_dir, metrics),
+        failed=lambda exc: failed_result(
+            cfg, exc, config={"param": dict(param)}, codec=codec.name, label=_label(cfg, codec), dataset=name[0],
+            sequence=name[1], rate_point=rate_point_name(param),
+        ),
     )
 
 
 def run_anchor(cfg: DictConfig) -> list[RunResult | None] | None:
     """Run (or skip) every rate point of ``cfg.anchor`` on the sequence of ``cfg.data``.
 
-    Prints each point's folder after it is done (preceded by ``skip`` when it was finished).
+    Prints each point's folder after it is done (preceded by ``skip`` when it was finished):
+    skipped and refused points first, then re-scored ones, then coded ones. A problem before the
+    first point to code (a missing tool, unreadable frames) fails every point to code.
 
     Args:
         cfg: the composed root config with ``anchor`` set.
@@ -207,110 +233,17 @@ def run_anchor(cfg: DictConfig) -> list[RunResult | None] | None:
         codec = anchor_codec(cfg.anchor)
         params = codec.default_params()
         name = point_name(cfg)
+        folder = sequence_dir(cfg) / codec.name
     except DivinrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    folder = Path(to_absolute_path(cfg.results_root)) / cfg.exp_name / name[0] / name[1] / codec.name
-    current = _settings(OmegaConf.to_container(cfg, resolve=True))
-    results: list[RunResult | None] = [None] * len(params)
-    todo: list[int] = []
-    rescore: list[int] = []
-    for i, param in enumerate(params):
-        run_dir = folder / rate_point_name(param)
-        if not is_finished(run_dir) or cfg.force:
-            todo.append(i)
-            continue
-        stored = read_result(run_dir / RESULTS_NAME)
-        changed = changed_settings({"resolved": _settings(stored.config.get("resolved", {}))}, current)
-        if changed:
-            print(
-                f"error: {run_dir} holds a finished run with other settings ({', '.join(changed)}); "
-                "use another exp_name, or pass force=true to overwrite it",
-                file=sys.stderr,
-            )
-        elif cfg.rescore and metrics_to_rescore(cfg, stored):
-            results[i] = stored
-            rescore.append(i)
-            continue
-        else:
-            print("skip")
-            results[i] = stored
-        print(run_dir)
-    if todo or rescore:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".input-", dir=folder) as tmp:
-            _run_points(cfg, codec, [(params[i], i) for i in todo], [(params[i], i) for i in rescore],
-                        folder, Path(tmp), name, results)
+    results = run_points(
+        cfg,
+        [_point(cfg, codec, param, folder, name) for param in params],
+        setup=lambda stack: _inputs(cfg, codec, folder, stack),
+        rename_hint="use another exp_name",
+        settings=_settings,
+    )
     if cfg.print_summary:
         print(summary_table([r for r in results if r is not None]))
     return results
-
-
-def _rescore_anchor_point(codec: ReferenceCodec, raw: RawVideo, stored: RunResult, run_dir: Path,
-                          reference: torch.Tensor, metrics: list[str], tmp: Path) -> RunResult:
-    """Decode a finished point's stream again and compute the metrics it lacks."""
-    decoded = tmp / "decoded.rgb"
-    codec.decode(raw, run_dir / str(stored.bitstream), decoded)
-    frames = read_raw_rgb_levels(decoded, raw.num_frames, raw.width, raw.height)
-    decoded.unlink()
-    return rescore_result(stored, run_dir, reference, frames, metrics)
-
-
-def _run_points(
-    cfg: DictConfig,
-    codec: ReferenceCodec,
-    todo: list[tuple[dict[str, Any], int]],
-    rescore: list[tuple[dict[str, Any], int]],
-    folder: Path,
-    tmp: Path,
-    name: tuple[str, str],
-    results: list[RunResult | None],
-) -> None:
-    """Load the frames once, then code each point in ``todo`` and re-score each in ``rescore``.
-
-    A problem before the first point fails every point to code (re-scored points keep their
-    stored results).
-    """
-    try:
-        codec.check()
-        source = frames_source(cfg)
-        video = source.read()
-        evaluator = SequenceEvaluator(list(cfg.metrics), skip_missing=True)
-        raw = write_raw_rgb(video.frames, tmp / "input.rgb", source=source)
-        setup_error: Exception | None = None
-    except Exception as exc:  # noqa: BLE001 - recorded on every point, like a failure inside one
-        setup_error = exc
-        report_failure(exc, folder)
-    for param, i in rescore:
-        run_dir = folder / rate_point_name(param)
-        stored = results[i]
-        if setup_error is None and stored is not None:
-            missing = metrics_to_rescore(cfg, stored)
-            try:
-                rescored = _rescore_anchor_point(codec, raw, stored, run_dir, video.frames, missing, tmp)
-            except Exception as exc:  # noqa: BLE001 - the stored result stays as it was
-                report_failure(exc, run_dir)
-            else:
-                results[i] = store_rescored(stored, rescored, run_dir, missing)
-        print(run_dir)
-    for param, i in todo:
-        run_dir = folder / rate_point_name(param)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if setup_error is not None:
-            result = _failed(cfg, codec, param, name, setup_error)
-        else:
-            try:
-                result = encode_anchor_point(cfg, codec, param, video, raw, evaluator, run_dir, name)
-            except Exception as exc:  # noqa: BLE001 - a failed point must not stop the sweep
-                report_failure(exc, run_dir)
-                result = _failed(cfg, codec, param, name, exc)
-        write_result(result, run_dir)
-        results[i] = result
-        print(run_dir)
-
-
-def exit_status(results: list[RunResult | None] | None) -> int:
-    """Exit status of a single (non-sweep) anchor run: 0 all points ok, 2 a user error, else 1."""
-    if results is None or any(r is None or (r.status != "ok" and r.config.get("user_error")) for r in results):
-        return EXIT_USER_ERROR
-    return 0 if all(r.status == "ok" for r in results) else 1

@@ -73,7 +73,7 @@ def write_rd_report(config: DictConfig, formats: tuple[str, ...] = ("png", "pdf"
     Returns:
         The figure files written (none when there are no results).
     """
-    from divinr.reporting import log_rd_to_wandb, plot_rd_curves, wandb_mode
+    from divinr.reporting import plot_rd_curves
 
     root = Path(to_absolute_path(config.results_root)) / config.exp_name
     results = load_results(root) if root.is_dir() else []
@@ -83,17 +83,14 @@ def write_rd_report(config: DictConfig, formats: tuple[str, ...] = ("png", "pdf"
     print(summary_table(results))
     figures = plot_rd_curves(results, root / RD_DIR, formats=formats)
     if config.logger.name == "wandb" and figures:
-        import wandb
+        from experiments.wandb_logging import log_rd_to_wandb, rd_run
 
-        run = wandb.init(
-            project=config.logger.project, entity=config.logger.entity, name=f"{config.exp_name}-rd",
-            group=config.exp_name, job_type="rd-curves", dir=str(root), mode=config.logger.mode or wandb_mode(root),
-            reinit="finish_previous",
-        )
-        try:
-            log_rd_to_wandb(results, run)
-        finally:
-            run.finish()
+        with rd_run(
+            root, project=config.logger.project, entity=config.logger.entity, name=f"{config.exp_name}-rd",
+            group=config.exp_name, job_type="rd-curves", mode=config.logger.mode, reinit="finish_previous",
+        ) as run:
+            if run is not None:
+                log_rd_to_wandb(results, run)
     print(f"RD curves: {root / RD_DIR}" if figures else f"no RD curves: no successful point under {root}")
     return figures
 

@@ -1,133 +1,163 @@
-"""Structured configs of the experiment layer: one dataclass per Hydra group.
+"""Structured configs of the experiment layer, made from the library's own dataclasses.
 
 Each group mirrors the library constructor it feeds (``backbone`` -> ``load_backbone``,
 ``inr`` -> ``inr_config``, ``nola`` -> ``NOLAConfig``, ``training`` -> ``paper_phases`` /
 ``Phase`` + ``LossConfig``, ``sampler`` -> ``SamplerConfig``, ``data`` -> ``load_clip`` /
-``load_sequence``). Registered in Hydra's ConfigStore as the schema of the root config, they
-make every YAML file and command-line override type-checked at composition: a mistyped key
-(``inr.presett=s``) or a wrong type fails before anything runs.
+``sequence_source``, ``anchor`` -> a reference codec's constructor). The fields, types and
+defaults of those groups are read from the library (``dataclasses.fields``, signatures), so a
+default is declared once, where the library declares it, and the group YAMLs hold only what an
+option changes. Registered in Hydra's ConfigStore by :func:`register_configs` (the entry point
+calls it), they make every YAML file and command-line override type-checked at composition: a
+mistyped key (``inr.presett=s``) or a wrong type fails before anything runs.
 
+    library dataclasses / signatures --library_fields--> NOLAConf, SamplerConf, TrainingConf, ...
     conf/config.yaml --defaults--> divinr_schema (DivinrConfig) + group YAMLs + exp/<name>.yaml
                      --compose---> DictConfig --experiments.run--> EncoderConfig, Video, loggers
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
+from divinr.anchors import CODECS
+from divinr.codec import load_clip
+from divinr.training.encoder import EncoderConfig
+from divinr.data.datasets import sequence_source
+from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import METRICS
+from divinr.models.nola import NOLAConfig
+from divinr.training.losses import LossConfig
+from divinr.training.stages import Phase, paper_phases
 
-@dataclass
-class BackboneConf:
+#: One field of a generated schema: (name, type, ``dataclasses.field``), as ``make_dataclass`` takes it.
+SchemaField = tuple[str, Any, Any]
+
+
+def library_fields(
+    source: type | Callable[..., Any], names: Sequence[str] | None = None, *, rename: Mapping[str, str] | None = None
+) -> list[SchemaField]:
+    """Fields of a library dataclass, or keyword parameters of a library function, with their defaults.
+
+    Args:
+        source: a dataclass (its fields) or a function (its parameters).
+        names: the ones to take, in this order (default: all).
+        rename: library name -> config key, where the config spells it otherwise.
+
+    Returns:
+        ``make_dataclass`` field specs; one without a default is mandatory (``???``).
+    """
+    hints = typing.get_type_hints(source)
+    if dataclasses.is_dataclass(source):
+        defaults = {
+            f.name: field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else field(default=MISSING if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(source)
+        }
+    else:
+        defaults = {
+            p.name: field(default=MISSING if p.default is p.empty else p.default)
+            for p in inspect.signature(source).parameters.values()
+        }
+    rename = rename or {}
+    return [(rename.get(n, n), hints[n], defaults[n]) for n in (defaults if names is None else names)]
+
+
+def library_kwargs(source: type | Callable[..., Any], node: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments to call ``source`` with: what a composed group holds for each of its
+    fields or parameters (the inverse of :func:`library_fields` without renaming)."""
+    if dataclasses.is_dataclass(source):
+        return {f.name: node[f.name] for f in dataclasses.fields(source)}
+    return {name: node[name] for name in inspect.signature(source).parameters}
+
+
+def schema(name: str, doc: str, fields: Sequence[SchemaField]) -> type:
+    """A (mutable, so Hydra can merge into it) dataclass of ``fields``, documented by ``doc``."""
+    cls = dataclasses.make_dataclass(name, fields, namespace={"__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+BackboneConf = schema(
+    "BackboneConf",
     """Arguments of ``divinr.models.backbone.load_backbone``.
 
-    ``path`` is a local diffusers-format checkpoint (the paper's Wan2.1-Fun-1.3B-InP must be
-    converted to diffusers format first); None loads the folder the preset ships (``mini``) or
-    the preset's Hugging Face id from the cache.
-    """
-
-    preset: str = "mini"
-    path: str | None = None
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class INRConf:
-    """``inr_config(preset, **overrides)``; overrides are INRConfig fields (checked by the library)."""
-
-    preset: str = "xxs"
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class NOLAConf:
-    """``NOLAConfig`` fields (target modules keep the library's Wan default)."""
-
-    rank: int = 64
-    num_bases: int = 500
-    basis_variance: float = 0.25
-    scaling: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class PhaseConf:
-    """One explicit ``Phase``; its Quant-Noise width is ``training.bits`` (also the bitstream's)."""
-
-    name: str = "dense"
-    epochs: int = 1
-    inr_lr: float = 2e-3
-    nola_lr: float = 2e-4
-    prune_fraction: float = 0.0
-    quant_noise: float = 0.0
-    min_lr_ratio: float = 0.0
-
-
-@dataclass
-class TrainingConf:
+    ``path`` is a local diffusers folder, a local folder of original Wan / VideoX-Fun files
+    (converted once, cached) or a Hub id; None loads the folder the preset ships (``mini``) or
+    the preset's own Hub id at its pinned revision, through the Hugging Face cache.
+    """,
+    library_fields(
+        EncoderConfig, ("backbone", "backbone_path", "gradient_checkpointing"),
+        rename={"backbone": "preset", "backbone_path": "path"},
+    ),
+)
+INRConf = schema(
+    "INRConf",
+    """``inr_config(preset, **overrides)``; overrides are INRConfig fields (checked by the library).""",
+    library_fields(EncoderConfig, ("inr", "inr_overrides"), rename={"inr": "preset", "inr_overrides": "overrides"}),
+)
+NOLAConf = schema(
+    "NOLAConf",
+    """``NOLAConfig`` fields (target modules keep the library's Wan default).""",
+    [f for f in library_fields(NOLAConfig) if f[0] != "target_modules"],
+)
+PhaseConf = schema(
+    "PhaseConf",
+    """One explicit ``Phase`` (name and epochs are mandatory); its Quant-Noise width is ``training.bits``.""",
+    [f for f in library_fields(Phase) if f[0] != "quant_bits"],
+)
+TrainingConf = schema(
+    "TrainingConf",
     """The stage schedule, loss schedule and where training runs.
 
     Without ``phases`` the schedule is ``paper_phases(dense_epochs, prune_epochs, quant_epochs,
     ...)``; a list of :class:`PhaseConf` replaces it entirely.
-    """
-
-    dense_epochs: int = 300
-    prune_epochs: int = 120
-    quant_epochs: int = 60
-    inr_lr: float = 2e-3
-    nola_lr: float = 2e-4
-    prune_fraction: float = 0.15
-    rho: float = 0.9
-    bits: int = 6
-    phases: list[PhaseConf] | None = None
-    lambda_start: float = 1.0
-    lambda_end: float = 0.1
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
+    """,
+    [
+        *library_fields(paper_phases),
+        ("phases", list[PhaseConf] | None, field(default=None)),
+        *library_fields(LossConfig),
+        *library_fields(EncoderConfig, ("weight_decay", "seed", "device", "precision")),
+    ],
+)
+SamplerConf = schema(
+    "SamplerConf", """``SamplerConfig`` fields (they travel in the bitstream header).""", library_fields(SamplerConfig)
+)
 
 
-@dataclass
-class SamplerConf:
-    """``SamplerConfig`` fields (they travel in the bitstream header)."""
-
-    steps: int = 20
-    flow_shift: float = 3.0
-    noise_seed: int = 0
-    solver_order: int = 2
-
-
-@dataclass
-class DataConf:
+DataConf = schema(
+    "DataConf",
     """Where the frames come from and the coding resolution.
 
     ``source=clip``: ``clip`` is a sample-clip name (``bikes``) or a video file path.
     ``source=dataset``: ``dataset``/``sequence`` name a registered sequence under ``root``
     (None: ``$DIVINR_DATA_ROOT``). ``start`` (first frame) applies to clips only.
-    """
-
-    source: str = "clip"
-    clip: str | None = "bikes"
-    dataset: str | None = None
-    sequence: str | None = None
-    root: str | None = None
-    width: int = 1024
-    height: int = 576
-    max_frames: int | None = None
-    start: int = 0
+    """,
+    [
+        ("source", str, field(default="clip")),
+        ("clip", str | None, field(default="bikes")),
+        ("dataset", str | None, field(default=None)),
+        ("sequence", str | None, field(default=None)),
+        ("root", str | None, field(default=None)),
+        *library_fields(sequence_source, ("width", "height", "max_frames")),
+        *library_fields(load_clip, ("start",)),
+    ],
+)
 
 
 @dataclass
 class LoggerConf:
     """Training-curve logger: ``none``, ``csv`` (in the run folder) or ``wandb``.
 
-    ``mode`` None lets ``divinr.reporting.wandb_mode`` choose (offline without an API key).
+    ``mode`` None lets ``experiments.wandb_logging.wandb_mode`` choose (offline without an API key).
     ``sample_frames``/``video_frames``: how many frames W&B gets as images and as a clip.
     """
 
@@ -145,10 +175,12 @@ class AnchorConf:
 
     ``kwargs`` are the codec class's constructor arguments (checked by the class); its rate
     sweep (``qps``, or ``presets`` for HiNeRV) lists the points, each written to its own folder.
-    ``label`` replaces the codec's own description.
+    ``label`` replaces the codec's own description. The group option ``anchor/<name>.yaml``
+    starts from ``<name>_defaults``, the class's own constructor defaults
+    (:func:`register_configs`), and holds only what differs from them.
     """
 
-    name: str = "x265"
+    name: str = MISSING
     label: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -162,7 +194,9 @@ class DivinrConfig:
     ablation adds tags such as ``-b500``), ``codec`` names the RD curve the point belongs to.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
-    (``experiments.anchors``); the DiV-INR groups are then unused.
+    (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
+    from its file, with a freshly loaded backbone; ``verify_decode=true`` also reconstructs in
+    the encoder and records whether the two decodes agree bit for bit (one more full decode).
     """
 
     exp_name: str = "default"
@@ -173,10 +207,11 @@ class DivinrConfig:
     force: bool = False
     rescore: bool = False
     keep_workdir: bool = False
+    verify_decode: bool = False
     progress: bool = True
     print_summary: bool = False
-    gop_size: int = 25
-    mask_mode: str = "learned"
+    gop_size: int = EncoderConfig.gop_size
+    mask_mode: str = EncoderConfig.mask_mode
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     backbone: BackboneConf = field(default_factory=BackboneConf)
     inr: INRConf = field(default_factory=INRConf)
@@ -188,9 +223,23 @@ class DivinrConfig:
     anchor: AnchorConf | None = None
 
 
-def register_configs() -> None:
-    """Store the root schema as ``divinr_schema`` (conf/config.yaml lists it first in its defaults).
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """A class's constructor arguments and defaults (``???`` where it has none), lists for tuples."""
+    return {
+        p.name: MISSING if p.default is p.empty else list(p.default) if isinstance(p.default, tuple) else p.default
+        for p in inspect.signature(cls).parameters.values()
+    }
 
-    Idempotent: storing the same node again replaces it.
+
+def register_configs() -> None:
+    """Store the root schema and each reference codec's constructor defaults in Hydra's ConfigStore.
+
+    ``divinr_schema`` is the root (conf/config.yaml lists it first in its defaults);
+    ``anchor/<name>_defaults`` is what ``anchor/<name>.yaml`` starts from. Called by the entry
+    points before composing, never on import. Idempotent: storing a node again replaces it.
     """
-    ConfigStore.instance().store(name="divinr_schema", node=DivinrConfig)
+    store = ConfigStore.instance()
+    store.store(name="divinr_schema", node=DivinrConfig)
+    for name, cls in CODECS.items():
+        node = AnchorConf(name=name, kwargs=constructor_defaults(cls))
+        store.store(group="anchor", name=f"{name}_defaults", node=node)

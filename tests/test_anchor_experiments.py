@@ -29,8 +29,10 @@ from divinr.data.samples import sample_clip_path
 from divinr.errors import PresetError
 from divinr.metrics.functional import BT709_LUMA
 from divinr.results import read_result
-from divinr.training.hinerv import SEQUENCE_PRESETS
-from experiments.anchors import anchor_codec, exit_status, rate_point_name, run_anchor
+from divinr.models.pixel_inr import SEQUENCE_PRESETS
+from experiments.anchors import anchor_codec, rate_point_name, run_anchor
+from experiments.points import exit_status
+from experiments.schema import register_configs
 
 CONF_DIR = Path(experiments.__file__).resolve().parent / "conf"
 ANCHOR_EXPERIMENTS = ("anchors_uvg", "anchors_jvetb", "anchors_mcl_jcv", "anchors_clip")
@@ -46,6 +48,7 @@ needs_vvenc = pytest.mark.skipif(not VVenCCodec().available(), reason="no imagei
 
 
 def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
@@ -81,6 +84,13 @@ def test_anchor_experiments_compose_with_the_paper_settings(name: str) -> None:
     for codec in codecs.values():  # one folder per point: the names of a sweep are distinct
         names = [rate_point_name(p) for p in codec.default_params()]
         assert len(set(names)) == len(names)
+
+
+def test_anchors_do_not_import_the_divinr_runner() -> None:
+    """The shared point logic lives in ``experiments.points``, so the anchors need nothing of DiV-INR's runner."""
+    code = "import sys, experiments.anchors; print('experiments.run' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert proc.stdout.strip() == "False"
 
 
 def test_rate_point_names() -> None:

@@ -61,6 +61,10 @@ def _wan_param_count(cfg: dict) -> int:
     block = 2 * attention + norm2 + linear(d, ffn) + linear(ffn, d) + 6 * d
     n += cfg["num_layers"] * block
     n += linear(d, out * pt) + 2 * d  # output projection and its modulation table
+    if cfg["image_dim"] is not None:  # I2V-type: CLIP image projection, image key/value per block
+        image, kv = cfg["image_dim"], cfg["added_kv_proj_dim"]
+        n += 2 * image + linear(image, image) + linear(image, d) + 2 * d
+        n += cfg["num_layers"] * (2 * linear(kv, d) + d)
     return n
 
 
@@ -250,8 +254,9 @@ def test_full_size_parameter_counts_on_meta() -> None:
     n36, n16 = count(inp.transformer), count(t2v_checkpoint)
     assert n36 == _wan_param_count(BACKBONE_PRESETS["wan2.1-fun-1.3b-inp"].transformer_config)
     assert n16 == _wan_param_count(BACKBONE_PRESETS["wan2.1-t2v-1.3b"].transformer_config)
-    assert abs(n36 / 1e6 - 1419.1) < 0.1 and abs(n16 / 1e6 - 1419.0) < 0.1
-    assert count(t2v.transformer) == n36 and t2v.widened_channels == (16, 36)
+    # Fun-InP carries the image embedding (145.3M parameters) that T2V lacks.
+    assert abs(n36 / 1e6 - 1564.4) < 0.1 and abs(n16 / 1e6 - 1419.0) < 0.1
+    assert count(t2v.transformer) == n16 + 20 * 1536 * 4 and t2v.widened_channels == (16, 36)
     assert inp.widened_channels is None and count(inp.vae) > 0
     with pytest.raises(ValueError, match="meta"):
         backbone_fingerprint(inp)

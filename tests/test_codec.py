@@ -27,16 +27,17 @@ ENCODE = textwrap.dedent(
     """
     import sys, torch
     torch.set_num_threads(1)
-    from divinr.codec import EncoderConfig, compress, load_clip
+    from divinr.codec import DiVINRCodec, load_clip
     from divinr.data.samples import sample_clip_path
+    from divinr.training.encoder import EncoderConfig
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
     from divinr.training.stages import paper_phases
     video = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=9)
     config = EncoderConfig(inr="xxs", phases=paper_phases(2, 1, 1), nola=NOLAConfig(rank=8, num_bases=16),
                            sampler=SamplerConfig(steps=3, noise_seed=7), gop_size=5, device="cpu")
-    result = compress(video, config, progress=False)
-    open(sys.argv[1], "wb").write(result.bitstream)
+    result = DiVINRCodec(config, progress=False).encode(video, reconstruct=True)
+    open(sys.argv[1], "wb").write(result.data)
     torch.save({"frames": result.reconstruction.frames, "latents": result.reconstruction.latents}, sys.argv[2])
     """
 )
@@ -206,13 +207,13 @@ def test_mutated_streams_only_ever_raise_bitstream_error(encoded, data: st.DataO
     ],
 )
 def test_encode_refuses_bad_settings_before_any_work(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:
-    import divinr.codec
+    import divinr.codec.divinr
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder.dvr").mkdir()
     (tmp_path / "folder.y4m").mkdir()
     (tmp_path / "afile").write_text("not a folder")
-    monkeypatch.setattr(divinr.codec, "load_backbone", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(divinr.codec.divinr, "load_backbone", lambda *a, **k: pytest.fail("training started"))
     clip = str(sample_clip_path("bikes"))
     args = ["encode", clip, "-o", "x.dvr", "--frames", "5", "--resolution", "64x64", *argv]
     if "-o" in argv:
@@ -229,13 +230,13 @@ def test_encode_needs_a_dense_epoch(capsys) -> None:
 
 
 def test_a_failed_encode_removes_the_folders_it_created(tmp_path: Path, capsys, monkeypatch) -> None:
-    import divinr.codec
+    import divinr.codec.divinr
     from divinr.errors import MissingWeightsError
 
     def missing(*args, **kwargs):
         raise MissingWeightsError("no weights here")
 
-    monkeypatch.setattr(divinr.codec, "load_backbone", missing)
+    monkeypatch.setattr(divinr.codec.divinr, "load_backbone", missing)
     (tmp_path / "kept").mkdir()
     argv = ["encode", str(sample_clip_path("bikes")), "-o", str(tmp_path / "new" / "deep" / "x.dvr"),
             "--recon", str(tmp_path / "kept" / "r" / "x.y4m"), "--workdir", str(tmp_path / "work" / "a"),
@@ -246,9 +247,9 @@ def test_a_failed_encode_removes_the_folders_it_created(tmp_path: Path, capsys, 
 
 
 def test_decode_refuses_a_bad_output_before_decoding(encoded, tmp_path: Path, capsys, monkeypatch) -> None:
-    import divinr.codec
+    import divinr.codec.divinr
 
-    monkeypatch.setattr(divinr.codec, "decode_stream", lambda *a, **k: pytest.fail("decoding started"))
+    monkeypatch.setattr(divinr.codec.divinr, "decode_stream", lambda *a, **k: pytest.fail("decoding started"))
     assert main(["decode", str(encoded[0]), "-o", str(tmp_path / "x.avi")]) == 2
     assert "unsupported extension" in capsys.readouterr().err
 

@@ -34,6 +34,7 @@ from divinr.compression.quant import QuantParams, dequantize, quant_params, quan
 from divinr.errors import BitstreamError
 
 SCHEMA = (
+    Field("kind", FieldKind.U8),
     Field("preset", FieldKind.STR),
     Field("fingerprint", FieldKind.BYTES),
     Field("frames", FieldKind.U16),
@@ -46,6 +47,7 @@ SCHEMA = (
     Field("channels", FieldKind.U32LIST),
 )
 VALUES = {
+    "kind": 3,
     "preset": "wan2.1-1.3b-fun-inp ✓",
     "fingerprint": bytes(range(32)),
     "frames": 600,
@@ -58,7 +60,7 @@ VALUES = {
     "channels": (64, 32, 16),
 }
 SECTIONS = [("inr", bytes(range(256)) * 3), ("nola", b"\x01\x02"), ("empty", b"")]
-SCHEMAS = {1: SCHEMA}
+SCHEMAS = {(1, 3): SCHEMA}
 
 
 def _small_file() -> bytes:
@@ -122,15 +124,42 @@ def test_error_messages() -> None:
 
 def test_schema_mismatch_is_detected_even_with_valid_crc() -> None:
     data = _small_file()
-    swapped = (Field("preset", FieldKind.BYTES),) + SCHEMA[1:]
+    swapped = SCHEMA[:1] + (Field("preset", FieldKind.BYTES),) + SCHEMA[2:]
     with pytest.raises(BitstreamError, match="kind tag"):
-        read_container(data, {1: swapped})
+        read_container(data, {(1, 3): swapped})
     with pytest.raises(BitstreamError, match="fields"):
-        read_container(data, {1: SCHEMA[:-1]})
+        read_container(data, {(1, 3): SCHEMA[:-1]})
     bad_utf8 = bytearray(data)
-    bad_utf8[8] = 0xFF  # first byte of the preset string
+    bad_utf8[10] = 0xFF  # first byte of the preset string
     with pytest.raises(BitstreamError, match="UTF-8"):
         read_container(_fix_crc(bytes(bad_utf8)), SCHEMAS)
+
+
+def test_the_kind_and_the_version_select_the_schema() -> None:
+    """Each kind numbers its versions on its own; the kind is peeked at before anything is parsed."""
+    other = (Field("kind", FieldKind.U8), Field("frames", FieldKind.U32))
+    schemas = {**SCHEMAS, (2, 5): other, (4, 5): other[:1]}
+    data = _small_file()
+    assert read_container(data, schemas)[1] == read_container(data, SCHEMAS)[1]
+    assert read_container(write_container(other, {"kind": 5, "frames": 70000}, [], version=2), schemas)[1] == {
+        "kind": 5, "frames": 70000
+    }
+    with pytest.raises(BitstreamError, match=r"newer divinr \(format v2\), this decoder reads kind 3 up to v1"):
+        read_container(write_container(SCHEMA, VALUES, [], version=2), schemas)
+    with pytest.raises(BitstreamError, match=r"v3 is no longer supported \(this decoder reads kind 5 as v2, v4\)"):
+        read_container(write_container(other, {"kind": 5, "frames": 1}, [], version=3), schemas)
+    with pytest.raises(BitstreamError, match=r"header kind 4 is not one this decoder reads \(3, 5\); the bitstream is corrupt"):
+        read_container(write_container(SCHEMA, dict(VALUES, kind=4), [], version=1), schemas)
+    untagged = bytearray(data)
+    untagged[7] = FieldKind.U16
+    with pytest.raises(BitstreamError, match="does not start with its u8 kind field"):
+        read_container(_fix_crc(bytes(untagged)), SCHEMAS)
+
+
+def test_a_schema_starts_with_its_u8_kind() -> None:
+    for schema in (SCHEMA[1:], (Field("kind", FieldKind.U16),) + SCHEMA[1:], ()):
+        with pytest.raises(ValueError, match="starts with its u8 kind"):
+            write_container(schema, {f.name: VALUES[f.name] for f in schema}, [], version=1)
 
 
 def test_writer_rejects_values_that_do_not_fit() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from divinr.data.gop import GoP, latent_coordinates, latent_frame_count, merge_gops, pixel_count, split_gops
+from divinr.rate import pixel_count
+from divinr.data.gop import GoP, latent_coordinates, latent_frame_count, merge_gops, split_gops
 from divinr.errors import PresetError, VideoFormatError
 
 

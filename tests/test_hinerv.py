@@ -15,17 +15,8 @@ from divinr.data.samples import sample_clip_path
 from divinr.data.video import read_video, resize_frames
 from divinr.errors import DivinrError, PresetError, VideoFormatError
 from divinr.models.inr import INRConfig, LatentINR
-from divinr.training.hinerv import (
-    HINERV_PRESETS,
-    SEQUENCE_PRESETS,
-    FrameClips,
-    HiNeRVModule,
-    hinerv_config,
-    hinerv_loss,
-    msssim_scales,
-    render,
-    train_hinerv,
-)
+from divinr.models.pixel_inr import HINERV_PRESETS, SEQUENCE_PRESETS, hinerv_config, render
+from divinr.training.hinerv import FrameClips, HiNeRVModule, hinerv_loss, msssim_scales, train_hinerv
 from divinr.training.stages import paper_phases, phase_at
 
 # Wang et al. 2003 scale weights, typed in independently of the module's constant.
@@ -255,7 +246,7 @@ def test_three_stage_training_improves_and_keeps_pruned_weights_zero(bikes: torc
     phases = paper_phases(6, 3, 3, inr_lr=1e-2)
     probe = _Probe()
     inr, history = train_hinerv(
-        frames, config, phases, clip_len=3, seed=0, accelerator="cpu", enable_progress_bar=False, callbacks=[probe]
+        frames, config, phases, clip_len=3, seed=0, device="cpu", enable_progress_bar=False, callbacks=[probe]
     )
 
     assert history["stage"] == ["dense"] * 6 + ["prune"] * 3 + ["quant"] * 3
@@ -297,7 +288,7 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path: Path) -> Non
     frames = torch.rand(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     config = hinerv_config("4xs", (48, 64), 4)
     phases = paper_phases(3, 2, 2)
-    common = {"clip_len": 2, "accelerator": "cpu", "enable_progress_bar": False, "workdir": tmp_path}
+    common = {"clip_len": 2, "device": "cpu", "enable_progress_bar": False, "workdir": tmp_path}
     crash = _StopAt(4)  # in the pruning stage
     with pytest.raises(RuntimeError, match="interrupted"):
         train_hinerv(frames, config, phases, callbacks=[crash], **common)
@@ -336,13 +327,13 @@ def test_a_busy_work_folder_is_refused(tmp_path: Path) -> None:
     frames = torch.rand(4, 3, 48, 64)
     with workdir_lock(tmp_path), pytest.raises(DivinrError, match="in use by another encode"):
         train_hinerv(frames, hinerv_config("4xs", (48, 64), 4), paper_phases(1, 0, 0), workdir=tmp_path,
-                     clip_len=2, accelerator="cpu", enable_progress_bar=False)
+                     clip_len=2, device="cpu", enable_progress_bar=False)
 
 
 def test_diverged_training_stops_at_the_end_of_the_epoch() -> None:
     frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="training diverged in epoch 1"):
-        train_hinerv(frames, hinerv_config("4xs", (32, 32), 2), paper_phases(3, 0, 0), accelerator="cpu",
+        train_hinerv(frames, hinerv_config("4xs", (32, 32), 2), paper_phases(3, 0, 0), device="cpu",
                      enable_progress_bar=False, callbacks=[_Poison()])
 
 

@@ -1,4 +1,4 @@
-"""RD averaging against a hand computation, figure files, and W&B logging in offline mode."""
+"""RD averaging against a hand computation, figure files, and (experiments.wandb_logging) W&B logging offline."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from divinr import reporting
 from divinr.errors import DivinrError
-from divinr.reporting import (
-    WANDB_COLUMNS,
-    RDWarning,
-    log_rd_to_wandb,
-    plot_comparison,
-    plot_rd_curves,
-    rd_points,
-    sequence_curves,
-    wandb_mode,
-)
+from divinr.reporting import POINT_COLUMNS, RDWarning, plot_comparison, plot_rd_curves, rd_points, sequence_curves
 from divinr.results import RunResult
+from experiments.wandb_logging import OfflineNotice, log_rd_to_wandb, wandb_mode
 
 # Per sequence: rate point -> (bpp, psnr, lpips).
 X265 = {
@@ -112,7 +103,7 @@ def test_wandb_offline_run_holds_table_and_figure(tmp_path: Path) -> None:
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/rd/points_*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == list(WANDB_COLUMNS)
+    assert table["columns"] == list(POINT_COLUMNS)
     assert len(table["data"]) == len(results)
     row = next(r for r in table["data"] if r[2] == "x265" and r[1] == "B" and r[3] == "27")
     assert row[0] == "uvg" and row[4] == pytest.approx(0.08) and row[5] == pytest.approx(30.0)
@@ -138,9 +129,11 @@ def test_wandb_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pyt
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setattr(reporting, "_offline_notice_shown", False)
-    assert wandb_mode(tmp_path) == "offline"
-    assert wandb_mode(tmp_path) == "offline"
+    notice = OfflineNotice()
+    assert wandb_mode(tmp_path, notice) == "offline"
+    assert wandb_mode(tmp_path, notice) == "offline"
+    assert capsys.readouterr().err.splitlines() == [f"W&B: no API key found, logging offline to {tmp_path / 'wandb'}"]
+    assert wandb_mode(tmp_path) == "offline"  # another owner (a new job) is told again
     assert capsys.readouterr().err.splitlines() == [f"W&B: no API key found, logging offline to {tmp_path / 'wandb'}"]
 
     netrc_file = tmp_path / "netrc"

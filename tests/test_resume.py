@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from divinr.cli import main
-from divinr.codec import EncoderConfig, compress, load_clip, train_codec
+from divinr.codec import DiVINRCodec, load_clip
+from divinr.training.encoder import EncoderConfig
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import Video
 from divinr.errors import DivinrError
@@ -51,7 +52,7 @@ class InterruptAt(L.Callback):
 
 def encode(workdir: Path | None = None, callbacks: Sequence[L.Callback] = ()) -> bytes:
     video, config = setup()
-    return compress(video, config, workdir=workdir, callbacks=callbacks, progress=False).bitstream
+    return DiVINRCodec(config, progress=False).encode(video, workdir=workdir, callbacks=callbacks).data
 
 
 class GoPOrder(L.Callback):
@@ -112,9 +113,9 @@ def test_an_encode_killed_in_any_stage_resumes_to_the_identical_bitstream(uninte
 
 
 def test_a_second_encode_on_a_busy_workdir_is_refused_before_any_work(tmp_path, monkeypatch, capsys) -> None:
-    import divinr.codec
+    import divinr.codec.divinr
 
-    monkeypatch.setattr(divinr.codec, "load_backbone", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(divinr.codec.divinr, "load_backbone", lambda *a, **k: pytest.fail("training started"))
     workdir = tmp_path / "work"
     clip = str(sample_clip_path("bikes"))
     argv = ["encode", clip, "-o", str(tmp_path / "x.dvr"), "--frames", "5", "--resolution", "64x64",
@@ -148,7 +149,7 @@ def test_a_truncated_checkpoint_is_a_clear_error_naming_the_file(tmp_path) -> No
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     video, config = setup()
     with pytest.raises(DivinrError, match="delete it to start this training afresh") as err:
-        train_codec(video, config, workdir=tmp_path, progress=False)
+        DiVINRCodec(config, progress=False).train(video, workdir=tmp_path)
     assert str(last) in str(err.value) and "\n" not in str(err.value)
     last.unlink()
     assert resume_path(tmp_path) is None  # the documented fix: the next run starts afresh

@@ -8,7 +8,8 @@ import lightning as L
 import pytest
 import torch
 
-from divinr.codec import EncoderConfig, load_clip, train_codec
+from divinr.codec import DiVINRCodec, load_clip
+from divinr.training.encoder import EncoderConfig
 from divinr.data.samples import sample_clip_path
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.backbone import load_backbone
@@ -53,7 +54,7 @@ def stage_of(pl_module: L.LightningModule) -> StageCallback:
 def trained(clip):
     counter = ZeroCounter()
     config = EncoderConfig(inr="xxs", phases=paper_phases(8, 4, 4), sampler=SamplerConfig(steps=2))
-    module, header, history = train_codec(clip, config, callbacks=[counter], progress=False)
+    _, module, header, history = DiVINRCodec(config, progress=False).train(clip, callbacks=[counter])
     return module, history, counter.zeros, counter.noise_modes
 
 
@@ -129,14 +130,14 @@ def test_resume_continues_in_the_right_stage_with_masks_intact(clip, tmp_path: P
     phases = paper_phases(2, 3, 2)
     config = EncoderConfig(inr="xxs", phases=phases)
     short = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5)
-    first, _, _ = train_codec(short, config, workdir=tmp_path, callbacks=[StopAfter(3)], progress=False)
+    first = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path, callbacks=[StopAfter(3)]).module
     stage = stage_of(first)
     assert stage.phase_index == 1
     masks_before = {k: v.clone() for k, v in stage.masks.state_dict().items()}
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
     snapshot = Snapshot()
-    second, _, history = train_codec(short, config, workdir=tmp_path, callbacks=[snapshot], progress=False)
+    _, second, _, history = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path, callbacks=[snapshot])
     assert [h["epoch"] for h in history] == [4, 5, 6]
     index, masks_after = snapshot.seen
     assert index == 1 and phase_at(phases, 4) == (1, 2)
@@ -157,12 +158,12 @@ def test_a_crash_in_the_quant_stage_resumes_with_inr_and_nola_from_the_checkpoin
     config = EncoderConfig(inr="xxs", phases=paper_phases(2, 2, 3))
     short = load_clip(sample_clip_path("bikes"), width=64, height=64, max_frames=5)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_codec(short, config, workdir=tmp_path, callbacks=[Crash()], progress=False)
+        DiVINRCodec(config, progress=False).train(short, workdir=tmp_path, callbacks=[Crash()])
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["epoch"] >= 3  # written during the run, not only at a clean end
     keys = checkpoint["state_dict"].keys()
     assert any(k.endswith(".nola_beta") for k in keys) and any(k.startswith("inr.") for k in keys)
-    resumed, _, history = train_codec(short, config, workdir=tmp_path, progress=False)
+    _, resumed, _, history = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path)
     assert history[0]["epoch"] == checkpoint["epoch"] + 1 and history[-1]["epoch"] == 6
     for key, value in checkpoint["state_dict"].items():
         if key.endswith(".nola_beta"):

@@ -36,6 +36,7 @@ import torch
 
 from divinr.data.video import Video, read_video, rgb_levels
 from divinr.errors import BitstreamError, DivinrError, VideoFormatError
+from divinr.rate import pixel_count
 
 
 class AnchorError(DivinrError):
@@ -120,7 +121,7 @@ class RawVideo:
     @property
     def num_pixels(self) -> int:
         """Pixels over all frames, the denominator of bits per pixel."""
-        return self.num_frames * self.width * self.height
+        return pixel_count(self.num_frames, self.width, self.height)
 
 
 def write_raw_rgb(frames: torch.Tensor, path: Path, source: VideoSource | None = None) -> RawVideo:

@@ -73,6 +73,7 @@ import re
 import shutil
 import subprocess
 from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,6 +89,9 @@ X265_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
 )
 VVENC_PRESETS = ("faster", "fast", "medium", "slow", "slower")
+#: Default QP sweeps, lowest rate first (see "QP sweeps" above).
+X265_QPS = (51, 47, 43, 39, 35, 31, 27, 23)
+VVENC_QPS = (52, 47, 42, 37, 32, 27, 22, 17)
 
 
 def check_yuv_range(yuv_range: str) -> None:
@@ -217,7 +221,7 @@ class FFmpegCodec(ReferenceCodec):
     version_pattern: ClassVar[str]
     max_qp: ClassVar[int]
 
-    def __init__(self, ffmpeg: str | Path | None, qps: list[int], yuv_range: str) -> None:
+    def __init__(self, ffmpeg: str | Path | None, qps: Sequence[int], yuv_range: str) -> None:
         check_yuv_range(yuv_range)
         self.yuv_range = yuv_range
         self._ffmpeg = None if ffmpeg is None else str(ffmpeg)
@@ -302,12 +306,12 @@ class X265Codec(FFmpegCodec):
         self,
         preset: str = "veryslow",
         keyint: int = 16,
-        qps: list[int] | None = None,
+        qps: Sequence[int] = X265_QPS,
         strip_sei: bool = False,
         yuv_range: str = "full",
         ffmpeg: str | Path | None = None,
     ) -> None:
-        super().__init__(ffmpeg, [51, 47, 43, 39, 35, 31, 27, 23] if qps is None else qps, yuv_range)
+        super().__init__(ffmpeg, qps, yuv_range)
         if preset not in X265_PRESETS:
             raise unknown_choice("x265 preset", preset, X265_PRESETS)
         if keyint < 1:
@@ -383,12 +387,12 @@ class VVenCCodec(FFmpegCodec):
         self,
         preset: str = "slower",
         intra_period: int = 16,
-        qps: list[int] | None = None,
+        qps: Sequence[int] = VVENC_QPS,
         perceptual_qpa: bool = False,
         yuv_range: str = "full",
         ffmpeg: str | Path | None = None,
     ) -> None:
-        super().__init__(ffmpeg, [52, 47, 42, 37, 32, 27, 22, 17] if qps is None else qps, yuv_range)
+        super().__init__(ffmpeg, qps, yuv_range)
         if preset not in VVENC_PRESETS:
             raise unknown_choice("VVenC preset", preset, VVENC_PRESETS)
         if intra_period < self.gop_size or intra_period % self.gop_size:

@@ -1,10 +1,10 @@
 """HiNeRV baseline: divinr's INR with an RGB head, trained in pixel space with HiNeRV's recipe.
 
-A real baseline, not imported numbers: the same INR family, the same stage callback (dense ->
-15% adaptive pruning -> 6-bit Quant-Noise), the same quantiser, range coder and container as
-DiV-INR (bitstream ``kind = PIXEL_INR``, no backbone, no NOLA). Encoding and decoding run as
-separate processes (``python -m divinr.anchors.hinerv encode|decode``), so the decoder sees
-nothing but the bitstream, exactly like the external anchors.
+A real baseline, not imported numbers: :class:`divinr.codec.pixel.PixelINRCodec` (the same INR
+family, stage callback, quantiser, range coder and container as DiV-INR, no backbone, no NOLA)
+behind the reference-codec interface. Encoding and decoding run as separate processes
+(``python -m divinr.anchors.hinerv encode|decode``), so the decoder sees nothing but the
+bitstream, exactly like the external anchors.
 """
 
 from __future__ import annotations
@@ -14,42 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from divinr.anchors.base import RawVideo, ReferenceCodec, read_raw_rgb, write_raw_rgb
-from divinr.data.video import fps_fraction
-from divinr.compression.bitstream import CodecKind, MaskMode, StreamHeader, pack
+from divinr.codec.pixel import HINERV_EPOCHS, PixelINRCodec
+from divinr.data.video import Video
 from divinr.errors import EXIT_USER_ERROR, DivinrError, unknown_choice
-from divinr.inference.decoder import decode_stream
-from divinr.inference.sampler import SamplerConfig
-from divinr.models.nola import NOLAConfig
-from divinr.results import atomic_write_bytes
-from divinr.training.hinerv import HINERV_PRESETS, SEQUENCE_PRESETS, hinerv_config, train_hinerv
-from divinr.training.resume import clear_workdir
-from divinr.training.stages import paper_phases
-
-# HiNeRV's own short schedule (300 dense + 60 prune + 30 QAT epochs).
-HINERV_EPOCHS = (300, 60, 30)
-
-
-def pixel_inr_header(video: RawVideo, fps: float, inr_config: Any, bits: int = 6) -> StreamHeader:
-    """Header of a pixel-INR stream: geometry and INR architecture; no backbone, NOLA or sampler use."""
-    return StreamHeader(
-        kind=CodecKind.PIXEL_INR,
-        backbone="",
-        backbone_fingerprint=b"",
-        frames=video.num_frames,
-        width=video.width,
-        height=video.height,
-        fps=fps_fraction(fps),
-        gop_size=1,
-        inr=inr_config,
-        mask_mode=MaskMode.LEARNED,
-        quant_bits=bits,
-        nola=NOLAConfig(num_bases=0),
-        nola_layers=0,
-        sampler=SamplerConfig(),
-    )
+from divinr.models.pixel_inr import HINERV_PRESETS, SEQUENCE_PRESETS
 
 
 def encode_file(
@@ -69,27 +38,21 @@ def encode_file(
     again with the same settings after an interruption; the checkpoints are removed once the
     bitstream is written (other files in the folder are left alone).
     """
+    from divinr.training.resume import clear_workdir
+
     frames = read_raw_rgb(raw.path, raw.num_frames, raw.width, raw.height)
-    config = hinerv_config(preset, (raw.height, raw.width), raw.num_frames)
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    inr, _ = train_hinerv(
-        frames,
-        config,
-        paper_phases(*epochs),
-        seed=seed,
-        accelerator="gpu" if cuda else "cpu",
-        precision="bf16-mixed" if cuda else "32",
-        enable_progress_bar=False,
-        workdir=workdir,
-    )
-    atomic_write_bytes(out, pack(pixel_inr_header(raw, fps, config), inr.state_dict(), {}))
+    codec = PixelINRCodec(preset, epochs, seed=seed, device=device, progress=False)
+    codec.encode(Video(frames, fps), workdir=workdir, bitstream_path=out)
     if workdir is not None:
         clear_workdir(workdir)
 
 
 def decode_file(bitstream: Path, out: Path) -> None:
-    """Decode a pixel-INR bitstream to an rgb24 file."""
-    decoded = decode_stream(bitstream.read_bytes(), None, progress=False)
+    """Decode a pixel-INR bitstream to an rgb24 file, on the CPU: a re-decode (e.g. to re-score a
+    point) then gives the very frames its stored scores were computed from."""
+    decoded = PixelINRCodec.for_decoding(backbone_path=None, device="cpu", progress=False).decompress(
+        bitstream.read_bytes()
+    )
     write_raw_rgb(decoded.frames, out)
 
 

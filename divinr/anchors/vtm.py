@@ -27,6 +27,8 @@ from divinr.anchors.ffmpeg import FFMPEG_QUIET, bundled_ffmpeg, check_yuv_range,
 from divinr.errors import PresetError, VideoFormatError, unknown_choice
 
 _YUV_FORMATS = {"420": "yuv420p10le", "444": "yuv444p10le"}
+#: Default QP sweep, lowest rate first: the common-test-condition QPs 22-37 and three above them for lower rates.
+VTM_QPS = (52, 47, 42, 37, 32, 27, 22)
 
 
 class VTMCodec(ReferenceCodec):
@@ -55,7 +57,7 @@ class VTMCodec(ReferenceCodec):
         cfg: str | Path | None,
         chroma_format: str = "420",
         intra_period: int = 16,
-        qps: list[int] | None = None,
+        qps: Sequence[int] = VTM_QPS,
         version: str | None = None,
         extra_args: Sequence[str] = (),
         yuv_range: str = "full",
@@ -71,7 +73,7 @@ class VTMCodec(ReferenceCodec):
         self.cfg = None if cfg is None else Path(cfg)
         self.chroma_format = chroma_format
         self.intra_period = intra_period
-        self.qps = [52, 47, 42, 37, 32, 27, 22] if qps is None else list(qps)
+        self.qps = list(qps)
         for qp in self.qps:
             self.validate_param({"qp": qp})
         self.version = version

@@ -1,10 +1,11 @@
-"""The DiV-INR bitstream: what the decoder needs, declared field by field, and nothing else.
+"""The divinr bitstreams: what each decoder needs, declared field by field, and nothing else.
 
-    container (see :mod:`divinr.compression.container`)
-      header v1   codec kind, backbone preset + fingerprint, video geometry, GoP length,
-                  INR architecture, mask mode, quantiser width, NOLA settings, sampler settings
-      "inr"       every INR tensor, 6-bit quantised + range coded, in state-dict order
-      "nola"      every NOLA coefficient vector (alpha, beta per layer), same coding
+    container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
+      DiV-INR v1    codec kind, backbone preset + fingerprint, DiT dtype, video geometry, GoP
+                    length, INR architecture, mask mode, quantiser width, NOLA settings, sampler
+      pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
+      "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
+      "nola"        (DiV-INR) every NOLA coefficient vector (alpha, beta per layer), same coding
       CRC32
 
 Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every NOLA
@@ -14,33 +15,36 @@ one histogram per tensor or with one shared histogram, whichever is smaller (a l
 says which). Tensor names are not sent: records follow the
 canonical state-dict order of the architecture the header describes, and each record's stored
 shape is checked against that architecture before anything is decoded.
-The pixel-space INR baseline (HiNeRV recipe) uses the same format with ``kind = PIXEL_INR``, an
-empty backbone and no NOLA section.
+
+Each header field is declared once, in the element table :data:`DIVINR_V1` (name, wire kind,
+place in the typed header, bounds, codes; see :mod:`divinr.compression.header`). The pixel-space
+INR baseline (HiNeRV recipe, ``kind = PIXEL_INR``) takes the elements its
+:class:`PixelINRHeader` has a place for, under format v2; its v1 streams carried the whole DiV-INR
+header with placeholder backbone, NOLA and sampler fields and are still read (read-only schema).
 
 Every header field is bounded by what the decoder can really do (see the ``MAX_*`` limits), both
 when a stream is read and when an encoder plans one, so a stream that would exhaust memory, run
 for hours or crash the transformer is refused with one line before any work. :func:`read_header`
-checks all of it without importing torch or diffusers; the typed :class:`StreamHeader` (whose
-configs live in torch modules) is built only when a stream is decoded or written.
+checks all of it without importing torch or diffusers; the typed headers (whose configs live in
+torch modules) are built only when a stream is decoded or written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from divinr.compression.container import (
-    Field,
     FieldKind,
     HeaderValue,
-    Schema,
+    SchemaKey,
     bits_by_part,
     decode_quantized_group,
     decode_quantized_tensor,
@@ -50,7 +54,8 @@ from divinr.compression.container import (
     write_container,
 )
 from divinr.compression.entropy import decode_varint, encode_varint
-from divinr.errors import BitstreamError, PresetError
+from divinr.compression.header import DEFAULT, Element, HeaderSchema, value_of
+from divinr.errors import BitstreamError
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     from divinr.models.nola import NOLAConfig
 
 FORMAT_VERSION = 1
+"""The format version DiV-INR streams are written in."""
 
 
 class CodecKind(enum.IntEnum):
@@ -76,56 +82,8 @@ class MaskMode(enum.IntEnum):
 
 INR_HEAD_CODES = {"latent": 0, "rgb": 1}
 # Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
-_DIT_DTYPES = {"float32": 0, "bfloat16": 1}
-# NOLA target sets a stream may signal (codes; the regexes are divinr.models.nola's); custom
-# regexes would have to be sent as text.
-_NOLA_TARGET_CODES = (0,)
-
-U8, U16, U32, F32, STR, BYTES, LIST = (
-    FieldKind.U8, FieldKind.U16, FieldKind.U32, FieldKind.F32, FieldKind.STR, FieldKind.BYTES, FieldKind.U32LIST,
-)  # fmt: skip
-
-SCHEMA_V1: Schema = (
-    Field("kind", U8),
-    Field("backbone", STR),
-    Field("backbone_fingerprint", BYTES),
-    Field("dit_dtype", U8),
-    Field("frames", U32),
-    Field("width", U16),
-    Field("height", U16),
-    Field("fps_num", U32),
-    Field("fps_den", U32),
-    Field("gop_size", U16),
-    Field("inr_head", U8),
-    Field("inr_channels", U16),
-    Field("inr_stage_channels", LIST),
-    Field("inr_strides", LIST),
-    Field("inr_blocks", LIST),
-    Field("inr_grid_frames", U16),
-    Field("inr_grid_channels", U16),
-    Field("inr_grid_levels", U8),
-    Field("inr_local_grid_frames", U16),
-    Field("inr_local_grid_channels", U16),
-    Field("inr_expansion", U8),
-    Field("inr_out_channels", U8),
-    Field("inr_mask_channels", U8),
-    Field("mask_mode", U8),
-    Field("quant_bits", U8),
-    Field("nola_bases", U16),
-    Field("nola_rank", U16),
-    Field("nola_variance", F32),
-    Field("nola_scaling", F32),
-    Field("nola_seed", U32),
-    Field("nola_targets", U8),
-    Field("nola_layers", U16),
-    Field("sampler_steps", U16),
-    Field("sampler_flow_shift", F32),
-    Field("sampler_noise_seed", U32),
-    Field("sampler_order", U8),
-)
-SCHEMAS = {FORMAT_VERSION: SCHEMA_V1}
-# The INR architecture fields, in schema order (``inr_<INRConfig field>``; the head is a code).
-INR_FIELDS = tuple(f.name for f in SCHEMA_V1 if f.name.startswith("inr_") and f.name != "inr_head")
+DIT_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
+MASK_MODE_CODES = {mode: int(mode) for mode in MaskMode}
 
 # Upper bounds checked before anything is built from a header (a hostile file must not make the
 # decoder allocate gigabytes, loop for hours or hand the transformer what it cannot take).
@@ -157,91 +115,29 @@ MAX_FLOW_SHIFT = 100.0
 MAX_INR_PARAMETERS = 64_000_000
 FINGERPRINT_BYTES = 16
 _BACKBONE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_FRACTION = 2**31 - 1  # largest numerator / denominator of the frame rate
 
-# Integer fields and their inclusive ranges; the seeds take any u32.
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    "kind": (min(CodecKind), max(CodecKind)),
-    "dit_dtype": (0, max(_DIT_DTYPES.values())),
-    "frames": (1, MAX_FRAMES),
-    "width": (16, MAX_SIDE),
-    "height": (16, MAX_SIDE),
-    "fps_num": (1, 2**31 - 1),
-    "fps_den": (1, 2**31 - 1),
-    "gop_size": (1, MAX_GOP),
-    "inr_head": (0, max(INR_HEAD_CODES.values())),
-    "inr_channels": (1, MAX_CHANNELS),
-    "inr_grid_frames": (2, MAX_GRID_FRAMES),
-    "inr_grid_channels": (1, MAX_CHANNELS),
-    "inr_grid_levels": (1, 8),
-    "inr_local_grid_frames": (2, MAX_GRID_FRAMES),
-    "inr_local_grid_channels": (1, MAX_CHANNELS),
-    "inr_expansion": (1, 16),
-    "inr_out_channels": (1, MAX_HEAD_CHANNELS),
-    "inr_mask_channels": (1, MAX_HEAD_CHANNELS),
-    "mask_mode": (min(MaskMode), max(MaskMode)),
-    "quant_bits": (1, 16),
-    "nola_bases": (0, MAX_NOLA_BASES),
-    "nola_rank": (1, MAX_NOLA_RANK),
-    "nola_targets": (min(_NOLA_TARGET_CODES), max(_NOLA_TARGET_CODES)),
-    "nola_layers": (0, MAX_NOLA_LAYERS),
-    "sampler_steps": (1, MAX_SAMPLER_STEPS),
-    "sampler_order": (1, 3),
-}
-# Float fields: (exclusive lower bound, inclusive upper bound); NaN and infinities never pass.
-_FLOAT_RANGES: dict[str, tuple[float, float]] = {
-    "nola_variance": (0.0, MAX_NOLA_VARIANCE),
-    "nola_scaling": (0.0, MAX_NOLA_SCALING),
-    "sampler_flow_shift": (0.0, MAX_FLOW_SHIFT),
-}
-# Per-stage lists: (lowest item, highest item).
-_STAGE_RANGES: dict[str, tuple[int, int]] = {
-    "inr_stage_channels": (1, MAX_CHANNELS),
-    "inr_strides": (1, MAX_STRIDE),
-    "inr_blocks": (0, MAX_BLOCKS),
-}
+U8, U16, U32, F32, STR, BYTES, LIST = (
+    FieldKind.U8, FieldKind.U16, FieldKind.U32, FieldKind.F32, FieldKind.STR, FieldKind.BYTES, FieldKind.U32LIST,
+)  # fmt: skip
 
 
-def header_problem(v: Mapping[str, HeaderValue]) -> str | None:
-    """The first header value divinr's decoder cannot handle, described in a phrase, or None.
+class _TypedHeader:
+    """Shared by the typed headers: their fields come from the schema they are written with."""
 
-    Pure Python on the raw field values: no torch, so ``divinr info`` can afford it, and the
-    encoder runs the same check before training so it never writes a stream it cannot decode.
-    """
-    for name, (low, high) in _INT_RANGES.items():
-        if not low <= v[name] <= high:  # type: ignore[operator]
-            return f"header field {name}={v[name]} outside {low}..{high}"
-    for name, (low, high) in _FLOAT_RANGES.items():
-        value = float(v[name])  # type: ignore[arg-type]
-        if not (math.isfinite(value) and low < value <= high):
-            return f"header field {name}={value} outside ({low:g}, {high:g}]"
-    for side in ("width", "height"):
-        if v[side] % 16:  # type: ignore[operator]
-            return f"header {side} {v[side]} is not a multiple of 16"
-    if (v["gop_size"] - 1) % 4:  # type: ignore[operator]
-        return f"header gop_size {v['gop_size']} is not 1 + 4k as the Wan VAE needs"
-    fps = Fraction(v["fps_num"], v["fps_den"])  # type: ignore[arg-type]
-    if not MIN_FPS <= fps <= MAX_FPS:
-        return f"header frame rate {float(fps):g} fps outside {float(MIN_FPS):g}..{MAX_FPS}"
-    lists = [v[name] for name in _STAGE_RANGES]
-    if not 1 <= len(lists[0]) <= MAX_STAGES or any(len(s) != len(lists[0]) for s in lists):  # type: ignore[arg-type]
-        return f"the INR has {[len(s) for s in lists]} stage widths/strides/blocks, not 1..{MAX_STAGES} of each"  # type: ignore[arg-type]
-    for (name, (low, high)), items in zip(_STAGE_RANGES.items(), lists):
-        if any(not low <= x <= high for x in items):  # type: ignore[union-attr]
-            return f"header field {name}={list(items)} has items outside {low}..{high}"  # type: ignore[call-overload]
-    backbone, fingerprint = v["backbone"], v["backbone_fingerprint"]
-    if v["kind"] == CodecKind.DIVINR:
-        if not _BACKBONE_NAME.fullmatch(backbone):  # type: ignore[arg-type]
-            return f"backbone name {backbone!r} is not a preset name (letters, digits, '.', '_', '-')"
-        if len(fingerprint) != FINGERPRINT_BYTES:  # type: ignore[arg-type]
-            return f"backbone fingerprint has {len(fingerprint)} bytes, not {FINGERPRINT_BYTES}"  # type: ignore[arg-type]
-    elif backbone or fingerprint:
-        return "a pixel-INR stream names a backbone"
-    return None
+    def to_fields(self) -> dict[str, HeaderValue]:
+        """The header's field values; a header the decoder could not handle is a BitstreamError."""
+        return writer_schema(type(self)).to_fields(self)
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, HeaderValue]) -> Any:
+        """Validate the values of the schema this class is written with and build the typed header."""
+        return writer_schema(cls).from_fields(values)
 
 
 @dataclass(frozen=True)
-class StreamHeader:
-    """Typed view of the header fields."""
+class StreamHeader(_TypedHeader):
+    """Typed header of a DiV-INR stream."""
 
     kind: CodecKind
     backbone: str
@@ -263,88 +159,164 @@ class StreamHeader:
     def latent_size(self) -> tuple[int, int]:
         return self.height // 8, self.width // 8
 
-    def to_fields(self) -> dict[str, HeaderValue]:
-        """The header's field values; a header the decoder could not handle is a BitstreamError."""
-        from divinr.models.nola import DEFAULT_WAN_TARGETS
 
-        if tuple(self.nola.target_modules) != DEFAULT_WAN_TARGETS:
-            raise PresetError("custom NOLA target_modules cannot be signalled in bitstream v1; use the default targets")
-        values: dict[str, HeaderValue] = {
-            "kind": int(self.kind),
-            "backbone": self.backbone,
-            "backbone_fingerprint": self.backbone_fingerprint,
-            "dit_dtype": _DIT_DTYPES[self.model_dtype],
-            "frames": self.frames,
-            "width": self.width,
-            "height": self.height,
-            "fps_num": self.fps.numerator,
-            "fps_den": self.fps.denominator,
-            "gop_size": self.gop_size,
-            "inr_head": INR_HEAD_CODES[self.inr.head],
-            "mask_mode": int(self.mask_mode),
-            "quant_bits": self.quant_bits,
-            "nola_bases": self.nola.num_bases,
-            "nola_rank": self.nola.rank,
-            "nola_variance": self.nola.basis_variance,
-            "nola_scaling": self.nola.scaling,
-            "nola_seed": self.nola.seed,
-            "nola_targets": _NOLA_TARGET_CODES[0],
-            "nola_layers": self.nola_layers,
-            "sampler_steps": self.sampler.steps,
-            "sampler_flow_shift": self.sampler.flow_shift,
-            "sampler_noise_seed": self.sampler.noise_seed,
-            "sampler_order": self.sampler.solver_order,
-        }
-        for name in INR_FIELDS:
-            values[name] = getattr(self.inr, name.removeprefix("inr_"))
-        problem = header_problem(values)
-        if problem:
-            raise BitstreamError(f"{problem}; divinr's decoder could not read such a stream")
-        return values
+@dataclass(frozen=True)
+class PixelINRHeader(_TypedHeader):
+    """Typed header of a pixel-space INR stream (the HiNeRV-recipe baseline): only what its decoder
+    needs, since the INR renders frames itself (no backbone, no NOLA, no sampler, no GoPs)."""
 
-    @classmethod
-    def from_fields(cls, v: Mapping[str, HeaderValue]) -> StreamHeader:
-        """Validate ranges and build the typed header; any inconsistency is a BitstreamError."""
-        from divinr.inference.sampler import SamplerConfig
-        from divinr.models.inr import INRConfig
-        from divinr.models.nola import DEFAULT_WAN_TARGETS, NOLAConfig
+    frames: int
+    width: int
+    height: int
+    fps: Fraction
+    inr: INRConfig
+    quant_bits: int
+    kind: CodecKind = CodecKind.PIXEL_INR
 
-        problem = header_problem(v)
-        if problem:
-            raise BitstreamError(f"{problem}; the bitstream is corrupt")
-        try:
-            inr = INRConfig(
-                head={code: name for name, code in INR_HEAD_CODES.items()}[v["inr_head"]],  # type: ignore[index]
-                **{name.removeprefix("inr_"): v[name] for name in INR_FIELDS},  # type: ignore[arg-type]
-            )
-            nola = NOLAConfig(
-                rank=v["nola_rank"], num_bases=v["nola_bases"],  # type: ignore[arg-type]
-                basis_variance=v["nola_variance"], scaling=v["nola_scaling"],  # type: ignore[arg-type]
-                seed=v["nola_seed"], target_modules=DEFAULT_WAN_TARGETS,  # type: ignore[arg-type]
-            )
-            sampler = SamplerConfig(
-                steps=v["sampler_steps"], flow_shift=v["sampler_flow_shift"],  # type: ignore[arg-type]
-                noise_seed=v["sampler_noise_seed"], solver_order=v["sampler_order"],  # type: ignore[arg-type]
-            )
-        except PresetError as exc:
-            raise BitstreamError(f"invalid header value ({exc}); the bitstream is corrupt") from None
-        return cls(
-            kind=CodecKind(v["kind"]),
-            backbone=str(v["backbone"]),
-            backbone_fingerprint=bytes(v["backbone_fingerprint"]),  # type: ignore[arg-type]
-            frames=int(v["frames"]),  # type: ignore[call-overload]
-            width=int(v["width"]),  # type: ignore[call-overload]
-            height=int(v["height"]),  # type: ignore[call-overload]
-            fps=Fraction(v["fps_num"], v["fps_den"]),  # type: ignore[arg-type]
-            gop_size=int(v["gop_size"]),  # type: ignore[call-overload]
-            inr=inr,
-            mask_mode=MaskMode(v["mask_mode"]),
-            quant_bits=int(v["quant_bits"]),  # type: ignore[call-overload]
-            nola=nola,
-            nola_layers=int(v["nola_layers"]),  # type: ignore[call-overload]
-            sampler=sampler,
-            model_dtype={code: name for name, code in _DIT_DTYPES.items()}[v["dit_dtype"]],  # type: ignore[index]
-        )
+
+Header = Union[StreamHeader, PixelINRHeader]
+
+
+def _config_types() -> dict[str, Callable[..., Any]]:
+    """Constructors of the typed headers' parts; imported only when a typed header is built."""
+    from divinr.inference.sampler import SamplerConfig
+    from divinr.models.inr import INRConfig
+    from divinr.models.nola import NOLAConfig
+
+    return {"fps": Fraction, "inr": INRConfig, "nola": NOLAConfig, "sampler": SamplerConfig}
+
+
+# -- the element table: each field once ---------------------------------------------------------
+DIVINR_ELEMENTS: tuple[Element, ...] = (
+    Element("kind", U8, "kind", codes={CodecKind.DIVINR: 0}),
+    Element("backbone", STR, "backbone"),
+    Element("backbone_fingerprint", BYTES, "backbone_fingerprint"),
+    Element("dit_dtype", U8, "model_dtype", codes=DIT_DTYPE_CODES),
+    Element("frames", U32, "frames", 1, MAX_FRAMES),
+    Element("width", U16, "width", 16, MAX_SIDE),
+    Element("height", U16, "height", 16, MAX_SIDE),
+    Element("fps_num", U32, "fps.numerator", 1, _FRACTION),
+    Element("fps_den", U32, "fps.denominator", 1, _FRACTION),
+    Element("gop_size", U16, "gop_size", 1, MAX_GOP),
+    Element("inr_head", U8, "inr.head", codes=INR_HEAD_CODES),
+    Element("inr_channels", U16, "inr.channels", 1, MAX_CHANNELS),
+    Element("inr_stage_channels", LIST, "inr.stage_channels", 1, MAX_CHANNELS),
+    Element("inr_strides", LIST, "inr.strides", 1, MAX_STRIDE),
+    Element("inr_blocks", LIST, "inr.blocks", 0, MAX_BLOCKS),
+    Element("inr_grid_frames", U16, "inr.grid_frames", 2, MAX_GRID_FRAMES),
+    Element("inr_grid_channels", U16, "inr.grid_channels", 1, MAX_CHANNELS),
+    Element("inr_grid_levels", U8, "inr.grid_levels", 1, 8),
+    Element("inr_local_grid_frames", U16, "inr.local_grid_frames", 2, MAX_GRID_FRAMES),
+    Element("inr_local_grid_channels", U16, "inr.local_grid_channels", 1, MAX_CHANNELS),
+    Element("inr_expansion", U8, "inr.expansion", 1, 16),
+    Element("inr_out_channels", U8, "inr.out_channels", 1, MAX_HEAD_CHANNELS),
+    Element("inr_mask_channels", U8, "inr.mask_channels", 1, MAX_HEAD_CHANNELS),
+    Element("mask_mode", U8, "mask_mode", codes=MASK_MODE_CODES),
+    Element("quant_bits", U8, "quant_bits", 1, 16),
+    Element("nola_bases", U16, "nola.num_bases", 0, MAX_NOLA_BASES),
+    Element("nola_rank", U16, "nola.rank", 1, MAX_NOLA_RANK),
+    Element("nola_variance", F32, "nola.basis_variance", 0.0, MAX_NOLA_VARIANCE),
+    Element("nola_scaling", F32, "nola.scaling", 0.0, MAX_NOLA_SCALING),
+    Element("nola_seed", U32, "nola.seed"),  # any u32
+    # NOLA target sets a stream may signal: only divinr.models.nola's default regexes (custom
+    # regexes would have to be sent as text).
+    Element("nola_targets", U8, "nola.target_modules", codes={DEFAULT: 0}),
+    Element("nola_layers", U16, "nola_layers", 0, MAX_NOLA_LAYERS),
+    Element("sampler_steps", U16, "sampler.steps", 1, MAX_SAMPLER_STEPS),
+    Element("sampler_flow_shift", F32, "sampler.flow_shift", 0.0, MAX_FLOW_SHIFT),
+    Element("sampler_noise_seed", U32, "sampler.noise_seed"),  # any u32
+    Element("sampler_order", U8, "sampler.solver_order", 1, 3),
+)
+_STAGE_LISTS = tuple(e.name for e in DIVINR_ELEMENTS if e.kind is LIST)
+
+
+# -- cross-field rules --------------------------------------------------------------------------
+def _sides_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    for side in ("width", "height"):
+        if value_of(v, side, int) % 16:
+            return f"header {side} {v[side]} is not a multiple of 16"
+    return None
+
+
+def _gop_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    if (value_of(v, "gop_size", int) - 1) % 4:
+        return f"header gop_size {v['gop_size']} is not 1 + 4k as the Wan VAE needs"
+    return None
+
+
+def _fps_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    fps = Fraction(value_of(v, "fps_num", int), value_of(v, "fps_den", int))
+    if not MIN_FPS <= fps <= MAX_FPS:
+        return f"header frame rate {float(fps):g} fps outside {float(MIN_FPS):g}..{MAX_FPS}"
+    return None
+
+
+def _stages_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    lengths = [len(value_of(v, name, tuple)) for name in _STAGE_LISTS]
+    if not 1 <= lengths[0] <= MAX_STAGES or any(n != lengths[0] for n in lengths):
+        return f"the INR has {lengths} stage widths/strides/blocks, not 1..{MAX_STAGES} of each"
+    return None
+
+
+def _backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    backbone, fingerprint = value_of(v, "backbone", str), value_of(v, "backbone_fingerprint", bytes)
+    if not _BACKBONE_NAME.fullmatch(backbone):
+        return f"backbone name {backbone!r} is not a preset name (letters, digits, '.', '_', '-')"
+    if len(fingerprint) != FINGERPRINT_BYTES:
+        return f"backbone fingerprint has {len(fingerprint)} bytes, not {FINGERPRINT_BYTES}"
+    return None
+
+
+def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    if v["backbone"] or v["backbone_fingerprint"]:
+        return "a pixel-INR stream names a backbone"
+    return None
+
+
+# -- the schemas, keyed by (format version, codec kind) -----------------------------------------
+DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(
+    FORMAT_VERSION, DIVINR_ELEMENTS, StreamHeader, _config_types,
+    (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule),
+)  # fmt: skip
+_PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
+_PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
+
+
+# Fields of INRConfig only the latent head reads (the RGB head ignores them): not sent in v2.
+_LATENT_HEAD_ONLY = ("inr.out_channels", "inr.mask_channels")
+
+
+def _in_pixel_header(element: Element) -> bool:
+    return (
+        element.path is not None and element.path.split(".")[0] in _PIXEL_PARTS and element.path not in _LATENT_HEAD_ONLY
+    )
+
+
+def _pixel_v2(element: Element) -> Element:
+    """A DiV-INR element as pixel-INR v2 takes it: the INR head can only be the RGB one."""
+    return replace(element, codes={"rgb": INR_HEAD_CODES["rgb"]}) if element.path == "inr.head" else element
+
+
+PIXEL_INR_V2: HeaderSchema[PixelINRHeader] = HeaderSchema(
+    2, (_PIXEL_KIND,) + tuple(_pixel_v2(e) for e in DIVINR_ELEMENTS[1:] if _in_pixel_header(e)), PixelINRHeader,
+    _config_types, (_sides_rule, _fps_rule, _stages_rule),
+)  # fmt: skip
+# Read-only: v1 pixel-INR streams carry the DiV-INR v1 layout; the fields the pixel header has no
+# place for were placeholders and are checked as before, then dropped.
+PIXEL_INR_V1: HeaderSchema[PixelINRHeader] = HeaderSchema(
+    1, (_PIXEL_KIND,) + tuple(e if _in_pixel_header(e) else replace(e, path=None) for e in DIVINR_ELEMENTS[1:]),
+    PixelINRHeader, _config_types, (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _no_backbone_rule),
+)  # fmt: skip
+HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {s.key: s for s in (DIVINR_V1, PIXEL_INR_V1, PIXEL_INR_V2)}
+SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
+"""What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
+SCHEMA_V1 = DIVINR_V1.elements
+"""DiV-INR format v1's fields, for writing a container by hand (tests rewrite streams with it)."""
+
+
+def writer_schema(header_type: type) -> HeaderSchema[Any]:
+    """The schema headers of ``header_type`` are written with: its newest writable one."""
+    return max((s for s in HEADER_SCHEMAS.values() if s.header is header_type and s.writable), key=lambda s: s.version)
 
 
 # -- tensor sections ----------------------------------------------------------------------------
@@ -412,32 +384,47 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
 class Bitstream:
     """A parsed stream: the header and the two tensor sections, still coded."""
 
-    header: StreamHeader
+    header: Header
     inr_section: bytes
     nola_section: bytes
 
 
-def pack(header: StreamHeader, inr_tensors: Mapping[str, torch.Tensor], nola_tensors: Mapping[str, torch.Tensor]) -> bytes:
+def pack(header: Header, inr_tensors: Mapping[str, torch.Tensor], nola_tensors: Mapping[str, torch.Tensor]) -> bytes:
     """Write a complete bitstream; ``nola_tensors`` empty for the pixel baseline or b = 0."""
+    schema = writer_schema(type(header))
     sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
     if nola_tensors:
         sections.append(("nola", encode_tensors(nola_tensors, header.quant_bits)))
-    return write_container(SCHEMA_V1, header.to_fields(), sections, version=FORMAT_VERSION)
+    return write_container(schema.elements, schema.to_fields(header), sections, version=schema.version)
 
 
-def _read(data: bytes) -> tuple[dict[str, HeaderValue], dict[str, bytes]]:
+def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[str, bytes]]:
     """Container, header limits and section layout checked; sections still coded."""
-    _, values, sections = read_container(data, SCHEMAS)
-    problem = header_problem(values)
+    version, values, sections = read_container(data, SCHEMAS)
+    schema = HEADER_SCHEMAS[version, value_of(values, "kind", int)]
+    problem = schema.problem(values)
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
     unknown = set(named) - {"inr", "nola"}
     if unknown or "inr" not in named:
         raise BitstreamError(f"unexpected sections {sorted(named)}; expected 'inr' and optionally 'nola'")
-    if ("nola" in named) != (values["nola_bases"] > 0 and values["nola_layers"] > 0):  # type: ignore[operator]
+    if ("nola" in named) != _carries_nola(schema, values):
         raise BitstreamError("NOLA section presence disagrees with the header; the bitstream is corrupt")
-    return values, named
+    return schema, values, named
+
+
+def _carries_nola(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> bool:
+    """DiV-INR streams carry a NOLA section exactly when they adapt layers; pixel-INR streams never do."""
+    if schema.kind != CodecKind.DIVINR:
+        return False
+    return value_of(values, "nola_bases", int) > 0 and value_of(values, "nola_layers", int) > 0
+
+
+def read_header_schema(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue]]:
+    """The schema a stream was written with and its header fields, every one checked (torch-free)."""
+    schema, values, _ = _read(data)
+    return schema, values
 
 
 def read_header(data: bytes) -> dict[str, HeaderValue]:
@@ -446,20 +433,20 @@ def read_header(data: bytes) -> dict[str, HeaderValue]:
     Needs neither torch nor diffusers, so showing a header takes milliseconds; the typed
     configs are built (and their own checks run) by :func:`unpack`.
     """
-    return _read(data)[0]
+    return read_header_schema(data)[1]
 
 
 def unpack(data: bytes) -> Bitstream:
     """Parse and validate the container and header; tensors are decoded by :func:`decode_tensors`."""
-    values, named = _read(data)
-    return Bitstream(StreamHeader.from_fields(values), named["inr"], named.get("nola", b""))
+    schema, values, named = _read(data)
+    return Bitstream(schema.from_fields(values), named["inr"], named.get("nola", b""))
 
 
 def bits_breakdown(data: bytes) -> dict[str, int]:
     """Bits by part: ``header`` (magic, version, fields, section count, CRC) and each section
     (its name and length prefix included); the parts sum to ``total`` = 8 x file size."""
-    _, values, sections = read_container(data, SCHEMAS)
-    parts = dict(bits_by_part(SCHEMA_V1, values, sections))
+    version, values, sections = read_container(data, SCHEMAS)
+    parts = dict(bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections))
     result = {"header": parts.pop("header"), "inr": parts.pop("inr", 0), "nola": parts.pop("nola", 0)}
     result["total"] = 8 * len(data)
     if sum(v for k, v in result.items() if k != "total") != result["total"]:

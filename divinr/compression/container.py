@@ -14,9 +14,13 @@ Layout (all integers little-endian)::
     per section:                       u8 name length + UTF-8 name, u32 length, payload
     CRC32 (zlib) of all bytes above    u32
 
-The schema (an ordered tuple of :class:`Field`) is declared per format version in code,
-not sent: the stream carries only the values plus one kind tag per field, which lets the
-decoder check that the file matches the schema it expects. The CRC catches corruption
+The schema (an ordered tuple of :class:`Field`) is declared in code, not sent: the stream
+carries only the values plus one kind tag per field, which lets the decoder check that the
+file matches the schema it expects. Schemas are keyed by ``(format version, kind)``: the
+first field of every schema is a u8 *kind* (divinr: the codec kind), so a reader peeks at
+bytes 7..8 (its tag and value), picks the schema of that kind and version, and only then
+parses the rest. Each kind numbers its versions on its own: "newer" and "no longer
+supported" are judged against the versions known for the stream's kind. The CRC catches corruption
 and truncation before anything is parsed; the parser still bounds every length against
 the bytes that remain and refuses non-finite floats, so a malformed file can only ever raise
 :class:`BitstreamError`. No pickle, no eval: every byte has a declared meaning.
@@ -106,6 +110,8 @@ class Field:
 
 
 Schema = tuple[Field, ...]
+SchemaKey = tuple[int, int]
+"""``(format version, kind)``: what selects a stream's schema."""
 HeaderValue = Union[int, float, str, bytes, tuple[int, ...]]
 
 
@@ -150,6 +156,8 @@ class _Reader:
 
 
 def _check_schema(schema: Schema) -> None:
+    if not schema or schema[0].kind is not FieldKind.U8:
+        raise ValueError("a schema starts with its u8 kind field, which selects the schema when a stream is read")
     if len(schema) > MAX_FIELDS:
         raise ValueError(f"a schema holds at most {MAX_FIELDS} fields, got {len(schema)}")
     names = [f.name for f in schema]
@@ -297,17 +305,25 @@ def write_container(
     return body + _CRC.pack(zlib.crc32(body))
 
 
+def _peek_kind(data: bytes) -> int:
+    """The kind field's value, read before the schema is known: it is the first field of every schema."""
+    count, tag, kind = data[_PREAMBLE.size : _PREAMBLE.size + 3]
+    if count == 0 or tag != FieldKind.U8:
+        raise BitstreamError("the header does not start with its u8 kind field; the bitstream is corrupt")
+    return kind
+
+
 def read_container(
-    data: bytes, schemas: Mapping[int, Schema]
+    data: bytes, schemas: Mapping[SchemaKey, Schema]
 ) -> tuple[int, dict[str, HeaderValue], list[tuple[str, bytes]]]:
     """Parse a bitstream written by :func:`write_container`.
 
     Args:
         data: The file's bytes.
-        schemas: The header schema of every format version this decoder can read.
+        schemas: The header schema of every ``(format version, kind)`` this decoder can read.
 
     Returns:
-        ``(version, header values, sections)``.
+        ``(version, header values, sections)``; the kind is the first header value.
 
     Raises:
         BitstreamError: For any malformed input (and nothing else, whatever the bytes).
@@ -324,29 +340,34 @@ def read_container(
     if len(data) < _PREAMBLE.size:
         raise BitstreamError(f"file is too short to be a divinr bitstream ({len(data)} bytes); it is truncated")
     version = _PREAMBLE.unpack_from(data)[1]
-    newest = max(schemas)
+    newest = max(v for v, _ in schemas)
     if version > newest + MAX_VERSION_LEAP:
         raise BitstreamError(
             f"bitstream is corrupt or not a divinr file: format v{version} is implausible "
             f"(this decoder reads up to v{newest}); re-transfer or re-encode the file"
         )
-    if version > newest:
-        raise BitstreamError(
-            f"bitstream written by a newer divinr (format v{version}), "
-            f"this decoder reads up to v{newest}; upgrade divinr"
-        )
-    if version not in schemas:
-        raise BitstreamError(
-            f"bitstream format v{version} is no longer supported (this decoder reads "
-            f"{', '.join(f'v{v}' for v in sorted(schemas))}); "
-            "decode it with the divinr release that wrote it"
-        )
     if len(data) < _MIN_SIZE:
         raise BitstreamError(f"file is too short to be a divinr bitstream ({len(data)} bytes); it is truncated")
+    kind = _peek_kind(data)
+    versions = sorted(v for v, k in schemas if k == kind)
+    if not versions:
+        kinds = ", ".join(str(k) for k in sorted({k for _, k in schemas}))
+        raise BitstreamError(f"header kind {kind} is not one this decoder reads ({kinds}); the bitstream is corrupt")
+    if version > versions[-1]:
+        raise BitstreamError(
+            f"bitstream written by a newer divinr (format v{version}), "
+            f"this decoder reads kind {kind} up to v{versions[-1]}; upgrade divinr"
+        )
+    if version not in versions:
+        raise BitstreamError(
+            f"bitstream format v{version} is no longer supported (this decoder reads kind {kind} as "
+            f"{', '.join(f'v{v}' for v in versions)}); "
+            "decode it with the divinr release that wrote it"
+        )
     if zlib.crc32(data[: -_CRC.size]) != _CRC.unpack_from(data, len(data) - _CRC.size)[0]:
         raise BitstreamError("bitstream is corrupt or truncated (CRC32 mismatch); re-transfer or re-encode the file")
 
-    schema = schemas[version]
+    schema = schemas[version, kind]
     _check_schema(schema)
     reader = _Reader(data[: -_CRC.size], pos=_PREAMBLE.size)
     count = reader.take(1, "header field count")[0]

@@ -1,8 +1,9 @@
 """Registry of the benchmark datasets (UVG, JVET Class B, MCL-JCV) and checks of local copies.
 
-No data ship with divinr and none can be fetched by it: the registry says which raw 4:2:0
-files each dataset consists of, with their exact byte sizes, so a user can verify a local
-copy before hours of encoding are spent on a truncated or mislabelled file. Facts follow
+No data ship with divinr: the registry says which raw 4:2:0 files each dataset consists of,
+with their exact byte sizes, so a user can verify a local copy before hours of encoding are
+spent on a truncated or mislabelled file. UVG is public and :mod:`divinr.data.download` fetches
+it (``divinr data download uvg``); the others are obtained as each ``download`` field says. Facts follow
 BENCHMARKS.md (UVG and MCL-JCV from DCVC's dataset configs, JVET-B from VTM-23.11's
 per-sequence configs).
 
@@ -29,6 +30,8 @@ from divinr.data.video import Video, read_video
 from divinr.errors import DivinrError, unknown_choice
 
 DATA_ROOT_ENV = "DIVINR_DATA_ROOT"
+#: (width, height) the paper codes every benchmark sequence at, and the default coding resolution.
+CODING_SIZE = (1024, 576)
 #: YUV -> RGB convention of the benchmark sequences: BT.709 read as full range, as CompressAI and
 #: DCVC convert UVG / MCL-JCV / HEVC-B, so imported learned-codec points share our reference frames.
 FULL_RANGE = True
@@ -49,6 +52,7 @@ class SequenceInfo:
         frames: number of frames in the file.
         fps: frame rate.
         bit_depth: bits per sample (8: one byte per sample; 10: little-endian uint16).
+        archive: name of the 7z archive the dataset's site publishes it in (None: no public download).
     """
 
     name: str
@@ -58,6 +62,7 @@ class SequenceInfo:
     frames: int
     fps: float
     bit_depth: int = 8
+    archive: str | None = None
 
     @property
     def frame_bytes(self) -> int:
@@ -96,6 +101,11 @@ class DatasetInfo:
     notes: str = ""
 
     @property
+    def downloadable(self) -> bool:
+        """Whether every sequence has a public archive that :mod:`divinr.data.download` can fetch."""
+        return all(seq.archive is not None for seq in self.sequences)
+
+    @property
     def total_frames(self) -> int:
         return sum(s.frames for s in self.sequences)
 
@@ -118,6 +128,7 @@ def _uvg() -> DatasetInfo:
                 filename=f"{n}_1920x1080_120fps_420_8bit_YUV.yuv",
                 frames=300 if n == "ShakeNDry" else 600,
                 fps=120.0,
+                archive=f"{'ReadySetGo' if n == 'ReadySteadyGo' else n}_1920x1080_120fps_420_8bit_YUV_RAW.7z",
             )
             for n in names
         ),
@@ -249,7 +260,7 @@ def dataset_root(name: str | DatasetInfo, root: str | Path | None = None) -> Pat
     return Path(root).expanduser() / info.name
 
 
-def _problem(seq: SequenceInfo, path: Path) -> str | None:
+def raw_file_problem(seq: SequenceInfo, path: Path) -> str | None:
     """One line describing what is wrong with ``path``, or None when it is complete."""
     if not path.is_file():
         return f"missing {path}: expected {seq.describe()}"
@@ -282,7 +293,7 @@ def check_dataset(
     folder = dataset_root(info, root)
     chosen = info.sequences if sequences is None else tuple(info.sequence(s) for s in sequences)
     paths = [folder / seq.filename for seq in chosen]
-    problems = [p for p in (_problem(seq, path) for seq, path in zip(chosen, paths)) if p is not None]
+    problems = [p for p in (raw_file_problem(seq, path) for seq, path in zip(chosen, paths)) if p is not None]
     if problems:
         lines = [
             f"{info.title}: {len(problems)} of {len(chosen)} raw files missing or incomplete in {folder}; "
@@ -318,8 +329,8 @@ def sequence_source(
     sequence: str,
     root: str | Path | None = None,
     *,
-    width: int = 1024,
-    height: int = 576,
+    width: int = CODING_SIZE[0],
+    height: int = CODING_SIZE[1],
     max_frames: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The file of a benchmark sequence and the ``read_video`` arguments that give its coded frames.
@@ -347,8 +358,8 @@ def load_sequence(
     sequence: str,
     root: str | Path | None = None,
     *,
-    width: int = 1024,
-    height: int = 576,
+    width: int = CODING_SIZE[0],
+    height: int = CODING_SIZE[1],
     max_frames: int | None = None,
 ) -> Video:
     """Read a benchmark sequence at native size and resize it to the coding resolution.

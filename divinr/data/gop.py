@@ -178,14 +178,3 @@ def latent_coordinates(gops: Sequence[GoP | GoPSpan]) -> list[torch.Tensor]:
         torch.arange(g.latent_start, g.latent_start + g.num_latent, dtype=torch.float64).mul(scale).float()
         for g in gops
     ]
-
-
-def pixel_count(num_frames: int, width: int, height: int) -> int:
-    """Pixels of the real (unpadded) frames: the denominator of bits per pixel.
-
-    >>> pixel_count(25, 1024, 576)
-    14745600
-    """
-    if num_frames < 0 or width < 0 or height < 0:
-        raise ValueError(f"counts must be non-negative, got {num_frames} frames of {width}x{height}")
-    return num_frames * width * height

@@ -40,7 +40,6 @@ from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
 from divinr.models.nola import (
     NOLALayer,
-    inject_nola,
     load_nola_state_dict,
     merge_nola,
     nola_state_dict,
@@ -75,7 +74,9 @@ def decoded_video_bytes(header: StreamHeader) -> int:
     A lower bound of the peak (weights and activations come on top), but one that grows with
     exactly the fields a hostile header inflates: frames, width and height.
     """
-    return (header.frames + _first_gop(header).num_padded) * 3 * header.height * header.width * 4
+    # The pixel INR renders straight into the output (one frame of slack, as before it had no GoPs).
+    working = _first_gop(header).num_padded if header.kind == CodecKind.DIVINR else 1
+    return (header.frames + working) * 3 * header.height * header.width * 4
 
 
 def check_decode_memory(header: StreamHeader, budget: int | None = None) -> None:
@@ -148,7 +149,7 @@ def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
     header = stream.header
     if any(isinstance(m, NOLALayer) for m in backbone.transformer.modules()):
         raise ValueError("the backbone already carries NOLA adapters; decode with a freshly loaded backbone")
-    names = inject_nola(backbone.transformer, header.nola, extra_targets=backbone.nola_extra_targets())
+    names = backbone.adapt(header.nola)
     if len(names) != header.nola_layers:
         raise BitstreamError(
             f"the stream adapts {header.nola_layers} layers but backbone {header.backbone!r} offers {len(names)}; "
@@ -252,29 +253,22 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     return Decoded(frames, latents, float(header.fps))
 
 
-def render_pixel_inr(stream: Bitstream, inr: LatentINR, *, device: torch.device | str = "cpu") -> Decoded:
-    """Decode a pixel-space INR stream (the HiNeRV-recipe baseline): evaluate g at every frame."""
-    from divinr.training.hinerv import render
-
-    return Decoded(render(inr.to(device), stream.header.frames), [], float(stream.header.fps))
-
-
 def decode_stream(
     data: bytes,
-    backbone: Backbone | None,
+    backbone: Backbone,
     *,
     device: torch.device | str = "cpu",
     progress: bool = True,
     fingerprint: bytes | None = None,
 ) -> Decoded:
-    """Decode a complete bitstream; ``backbone`` must be freshly loaded (None for the pixel baseline)."""
+    """Decode a complete DiV-INR bitstream; ``backbone`` must be freshly loaded (no adapters)."""
     stream = unpack(data)
+    if stream.header.kind != CodecKind.DIVINR:
+        raise BitstreamError(
+            f"a {stream.header.kind.name} stream carries no latent conditioning; decode it with divinr.codec.decompress"
+        )
     check_decode_memory(stream.header)
     inr = build_inr_from_stream(stream)
-    if stream.header.kind == CodecKind.PIXEL_INR:
-        return render_pixel_inr(stream, inr, device=device)
-    if backbone is None:
-        raise BitstreamError(f"this stream needs the {stream.header.backbone!r} backbone to decode")
     check_backbone(backbone, stream, fingerprint)
     check_capacity(backbone, stream.header)
     install_adapters(backbone, stream)

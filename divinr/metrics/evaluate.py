@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from divinr.devices import resolve_device
 from divinr.errors import MissingWeightsError, VideoFormatError, unknown_choice
 from divinr.metrics import functional as F
 from divinr.metrics.perceptual import DISTSMetric, FeatureStats, FIDMetric, LPIPSMetric, fid_from_stats
@@ -53,10 +54,6 @@ def available_metrics(check_weights: bool = False) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in _FRAME_METRICS or not missing_weights(_NETWORK_METRICS[m][1]))
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class SequenceEvaluator:
     """Scores sequences with the networks loaded once; calls are independent of each other.
 
@@ -86,7 +83,7 @@ class SequenceEvaluator:
             if name not in METRICS:
                 raise unknown_choice("metric", name, METRICS)
         self.metrics = tuple(metrics)
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = resolve_device(device if device is not None else "auto")
         self.batch_size = batch_size
         self.skipped: dict[str, str] = {}
         self.networks: dict[str, nn.Module] = {}

@@ -25,10 +25,20 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from huggingface_hub.errors import HFValidationError
 from torch import Tensor, nn
 
 from divinr.errors import MissingWeightsError, PresetError, VideoFormatError, unknown_choice
+from divinr.models.backbone_files import (
+    DIFFUSERS_FILES,
+    WAN_FILES,
+    converted_folder,
+    download_snapshot,
+    fetch_command,
+    folder_layout,
+    is_hub_id,
+    missing_from_hub,
+)
+from divinr.models.nola import NOLAConfig, inject_nola
 
 LATENT_CHANNELS = 16
 MASK_CHANNELS = 4
@@ -47,9 +57,6 @@ WAN21_LATENTS_STD = (
 
 TINY_SEED = 0
 
-# Hub repos whose layout diffusers' from_pretrained cannot read (VideoX-Fun's original Wan format).
-_VIDEOX_FUN_FORMAT_REPOS = frozenset({"alibaba-pai/Wan2.1-Fun-1.3B-InP"})
-
 _WAN21_1_3B_TRANSFORMER: dict[str, Any] = {
     "patch_size": (1, 2, 2),
     "num_attention_heads": 12,
@@ -66,6 +73,14 @@ _WAN21_1_3B_TRANSFORMER: dict[str, Any] = {
     "image_dim": None,
     "added_kv_proj_dim": None,
     "rope_max_seq_len": 1024,
+}
+# Fun-InP is an image-to-video-type model: its checkpoint carries the CLIP image projection
+# (``img_emb``) and per-block image key/value projections (``k_img``, ``v_img``). DiV-INR never
+# runs cross-attention, but the weights are loaded, hashed into the fingerprint and held in memory.
+_WAN21_FUN_1_3B_INP_TRANSFORMER: dict[str, Any] = {
+    **_WAN21_1_3B_TRANSFORMER,
+    "image_dim": 1280,
+    "added_kv_proj_dim": 1536,
 }
 
 _WAN21_VAE: dict[str, Any] = {
@@ -104,14 +119,17 @@ class BackbonePreset:
 
     Attributes:
         name: Registry key, also hashed into the backbone fingerprint.
-        repo_id: Default Hugging Face id of a diffusers-format checkpoint with ``transformer/``
-            and ``vae/`` subfolders; None for a model built from the configs (``tiny``).
+        repo_id: Default Hugging Face id of the checkpoint; None for a model built from the
+            configs (``tiny``) or shipped in the package (``mini``).
         transformer_config: ``WanTransformer3DModel`` constructor arguments of the checkpoint.
         vae_config: ``AutoencoderKLWan`` constructor arguments.
         source_in_channels: Input channels of the checkpoint's DiT (36 for Fun-InP, 16 for
             T2V); the loaded model is always widened to 36.
         bundled: Folder (relative to this module) of a diffusers-format checkpoint that ships
             with the package (``mini``); loaded like any local checkpoint, never downloaded.
+        revision: Commit of ``repo_id`` that is downloaded, so every run uses the same weights.
+        hub_layout: ``"diffusers"`` (``transformer/`` and ``vae/``) or ``"wan"`` (the original
+            Wan / VideoX-Fun files, converted on first use): which files to download.
     """
 
     name: str
@@ -120,6 +138,13 @@ class BackbonePreset:
     vae_config: dict = field(hash=False)
     source_in_channels: int
     bundled: str | None = None
+    revision: str | None = None
+    hub_layout: str = "diffusers"
+
+    @property
+    def hub_files(self) -> tuple[str, ...]:
+        """The repo files divinr reads (``allow_patterns``): no text or image encoders."""
+        return WAN_FILES if self.hub_layout == "wan" else DIFFUSERS_FILES
 
     def bundled_path(self) -> Path | None:
         """The diffusers-format folder shipped inside the package, for presets that have one."""
@@ -127,14 +152,16 @@ class BackbonePreset:
 
 
 BACKBONE_PRESETS: dict[str, BackbonePreset] = {
-    # The paper's backbone. The official alibaba-pai repo is in VideoX-Fun format, which
-    # diffusers' from_pretrained cannot read: pass a diffusers-format conversion via `path=`.
+    # The paper's backbone. The official alibaba-pai repo is in the original Wan / VideoX-Fun
+    # layout, converted to diffusers once on first load (divinr.models.backbone_files).
     "wan2.1-fun-1.3b-inp": BackbonePreset(
         name="wan2.1-fun-1.3b-inp",
         repo_id="alibaba-pai/Wan2.1-Fun-1.3B-InP",
-        transformer_config=_WAN21_1_3B_TRANSFORMER,
+        transformer_config=_WAN21_FUN_1_3B_INP_TRANSFORMER,
         vae_config=_WAN21_VAE,
         source_in_channels=MODEL_IN_CHANNELS,
+        revision="7693adbe4ae670234958e42aa98145b4a406116c",
+        hub_layout="wan",
     ),
     # Text-to-video weights; the 20 conditioning channels are added zero-initialised on load.
     "wan2.1-t2v-1.3b": BackbonePreset(
@@ -143,6 +170,7 @@ BACKBONE_PRESETS: dict[str, BackbonePreset] = {
         transformer_config={**_WAN21_1_3B_TRANSFORMER, "in_channels": LATENT_CHANNELS},
         vae_config=_WAN21_VAE,
         source_in_channels=LATENT_CHANNELS,
+        revision="0fad780a534b6463e45facd96134c9f345acfa5b",
     ),
     # A miniature Wan (1.2M-parameter DiT, 2.6M-parameter VAE) pretrained by this project on real
     # clips (divinr.pretraining.mini) and shipped in the package: the CPU backbone whose quality
@@ -334,6 +362,14 @@ class Backbone:
             return {}
         return {"patch_embedding": {"in_channel_slice": self.widened_channels}}
 
+    def adapt(self, config: NOLAConfig) -> list[str]:
+        """Inject NOLA into the transformer (in place, the paper's targets plus :meth:`nola_extra_targets`).
+
+        The one place the encoder and the decoder adapt a backbone, so both adapt the same layers;
+        returns the adapted layer names (``[]`` for ``num_bases=0``).
+        """
+        return inject_nola(self.transformer, config, extra_targets=self.nola_extra_targets())
+
     def eval(self) -> Backbone:
         """Put both networks in eval mode (call again after any ``train()`` of a parent)."""
         self.transformer.eval()
@@ -458,35 +494,67 @@ def _cast_like_diffusers(model: nn.Module, dtype: torch.dtype) -> None:
             tensor.data = tensor.data.to(dtype)
 
 
-def _missing_weights(preset: BackbonePreset, source: str, exc: Exception) -> MissingWeightsError:
-    repo = preset.repo_id or source
-    conversion = " and convert it to diffusers format" if repo in _VIDEOX_FUN_FORMAT_REPOS else ""
+def _local_folder_missing(preset: BackbonePreset, source: str) -> MissingWeightsError:
+    if preset.repo_id is not None:
+        fetch = f"`{fetch_command(preset.repo_id, preset.revision, preset.hub_files)} --local-dir DIR`"
+    else:
+        fetch = "`hf download REPO --local-dir DIR` (REPO a Wan2.1 checkpoint)"
     return MissingWeightsError(
-        f"backbone weights for preset {preset.name!r} not found at {source!r} ({type(exc).__name__}): "
-        f"on a machine with internet run `hf download {repo} --local-dir DIR`{conversion}, copy DIR here and "
-        f"pass path=DIR (CLI: --backbone-path DIR), or set HF_HOME to a cache that holds it"
+        f"no backbone weights for preset {preset.name!r} at {source!r} (expected transformer/ and vae/ of a "
+        f"diffusers checkpoint, or the original Wan files {', '.join(WAN_FILES)}): on a machine with internet "
+        f"run {fetch}, copy DIR here and pass path=DIR (CLI: --backbone-path DIR)"
     )
 
 
-def _from_pretrained(
+def resolve_weights(
     preset: BackbonePreset,
     source: str,
-    dtype: torch.dtype,
-    cache_dir: str | Path | None,
-    local_files_only: bool | None,
-) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
-    kwargs: dict[str, Any] = {}
-    if cache_dir is not None:
-        kwargs["cache_dir"] = str(cache_dir)
-    if local_files_only is not None:
-        kwargs["local_files_only"] = local_files_only
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
+    """The local diffusers folder holding a preset's weights, whatever form they come in.
+
+    Args:
+        preset: The preset being loaded (its pinned revision, Hub layout and VAE config).
+        source: A Hub id, a local diffusers folder or a local original-layout folder.
+        revision: Hub revision; None uses the preset's pin for its own repo, else the default branch.
+        cache_dir: Hugging Face cache folder; None uses HF_HOME.
+        local_files_only: Forwarded to ``snapshot_download``; None honours HF_HUB_OFFLINE.
+
+    Returns:
+        A folder with ``transformer/`` and ``vae/`` (converted into the backbone cache for the
+        original layout).
+    """
+    if is_hub_id(source):
+        ours = source == preset.repo_id
+        files = preset.hub_files if ours else DIFFUSERS_FILES + WAN_FILES
+        if revision is None and ours:
+            revision = preset.revision
+        folder = download_snapshot(source, revision, files, cache_dir=cache_dir, local_files_only=local_files_only)
+        layout = folder_layout(folder)
+        if layout is None:
+            raise missing_from_hub(source, revision, files, "incomplete snapshot")
+    else:
+        folder = Path(source).expanduser()
+        layout = folder_layout(folder)
+        if layout is None:
+            raise _local_folder_missing(preset, source)
+    return converted_folder(folder, preset.vae_config) if layout == "wan" else folder
+
+
+def _from_pretrained(folder: Path, dtype: torch.dtype) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
     try:
         transformer = WanTransformer3DModel.from_pretrained(
-            source, subfolder="transformer", torch_dtype=dtype, **kwargs
+            folder, subfolder="transformer", torch_dtype=dtype, local_files_only=True
         )
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **kwargs)
-    except (OSError, HFValidationError) as exc:
-        raise _missing_weights(preset, source, exc) from exc
+        vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, local_files_only=True)
+    except OSError as exc:
+        raise MissingWeightsError(
+            f"cannot read the backbone weights in {folder} ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+            f"download them again"
+        ) from exc
     return transformer, vae
 
 
@@ -523,15 +591,18 @@ def load_backbone(
     gradient_checkpointing: bool = False,
     cache_dir: str | Path | None = None,
     local_files_only: bool | None = None,
+    revision: str | None = None,
 ) -> Backbone:
     """Load (or, for ``tiny``, build) the frozen backbone.
 
-    Weights come from ``path`` (a local diffusers-format folder with ``transformer/`` and
-    ``vae/``, or another Hub id), else the folder a preset ships in the package (``mini``),
-    else the preset's ``repo_id``. For the paper's
-    ``wan2.1-fun-1.3b-inp`` the default id is in VideoX-Fun format, so pass a diffusers-format
-    conversion through ``path``. ``tiny`` without ``path`` is built from its config under
-    :data:`TINY_SEED`, bit-identical in every process and leaving the global RNG untouched.
+    Weights come from ``path``, else the folder a preset ships in the package (``mini``), else
+    the preset's ``repo_id`` at its pinned ``revision``. Any of them may be a Hub id (downloaded
+    into the Hugging Face cache, only the files divinr reads), a local diffusers folder
+    (``transformer/``, ``vae/``) or a local folder in the original Wan / VideoX-Fun layout
+    (converted once into the backbone cache; see :mod:`divinr.models.backbone_files`). The
+    same weights give the same :func:`backbone_fingerprint` from every form. ``tiny`` without
+    ``path`` is built from its config under :data:`TINY_SEED`, bit-identical in every process
+    and leaving the global RNG untouched.
 
     The transformer is cast to ``dtype`` (modules diffusers keeps in float32 stay so); the VAE
     is always float32, because it runs once per GoP and its decoder is sensitive to precision.
@@ -544,8 +615,8 @@ def load_backbone(
         device: Where both networks live.
         gradient_checkpointing: Recompute DiT blocks in backward to save activation memory.
         cache_dir: Hugging Face cache folder; None uses HF_HOME.
-        local_files_only: Forwarded to ``from_pretrained``; None keeps its default (which
-            honours HF_HUB_OFFLINE).
+        local_files_only: Never download; None honours HF_HUB_OFFLINE.
+        revision: Hub revision of a Hub id; None uses the preset's pin for its own repo.
 
     Returns:
         A frozen :class:`Backbone` with a 36-channel DiT and cross-attention disabled.
@@ -557,12 +628,12 @@ def load_backbone(
     spec = get_preset(preset)
     bundled = spec.bundled_path()
     if path is None and bundled is not None:
-        if not (bundled / "transformer" / "config.json").is_file() or not (bundled / "vae" / "config.json").is_file():
+        if folder_layout(bundled) != "diffusers":
             raise MissingWeightsError(
                 f"the {spec.name!r} weights are missing from {bundled} (a damaged install?): reinstall divinr, "
                 f"or rebuild them with `python -m divinr.pretraining.mini --install`"
             )
-        path, local_files_only = bundled, True
+        path = bundled
     source = str(path) if path is not None else spec.repo_id
     if source is None:
         with torch.random.fork_rng(devices=[]):
@@ -571,7 +642,10 @@ def load_backbone(
         _cast_like_diffusers(transformer, dtype)
         source = f"<{spec.name} built from config>"
     else:
-        transformer, vae = _from_pretrained(spec, source, dtype, cache_dir, local_files_only)
+        folder = resolve_weights(
+            spec, source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        transformer, vae = _from_pretrained(folder, dtype)
     backbone = _assemble(spec, transformer.to(device), vae.to(device), source)
     if gradient_checkpointing:
         backbone.transformer.enable_gradient_checkpointing()

@@ -12,9 +12,9 @@ Quant-Noise) and the bitstream machinery with DiV-INR; only the target and the l
     AdamW (no decay = Adam) lr 2e-3, cosine per phase, set by StageCallback
 
 Time coordinates are ``f = i / (T - 1)`` over the frames of the whole sequence (the pixel head
-renders frames, not latent frames). Presets in :data:`HINERV_PRESETS` upsample a 9x16 base
-grid by (4, 2, 2, 2, 2) = 64 to 576x1024, HiNeRV's layout at 1080p (9x16 base, stride 120)
-scaled to the paper's resolution.
+renders frames, not latent frames). Presets in :data:`divinr.models.pixel_inr.HINERV_PRESETS`
+upsample a 9x16 base grid by (4, 2, 2, 2, 2) = 64 to 576x1024, HiNeRV's layout at 1080p (9x16
+base, stride 120) scaled to the paper's resolution.
 
 MS-SSIM in the loss follows pytorch_msssim, which HiNeRV trains with: Gaussian window 11 /
 1.5, valid (unpadded) filtering, negative contrast terms clamped to 0, per-channel values
@@ -25,8 +25,6 @@ weights renormalised to sum to 1 (see :func:`msssim_scales`).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,112 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from divinr.errors import PresetError, VideoFormatError, unknown_choice
+from divinr.devices import resolve_device
+from divinr.errors import PresetError, VideoFormatError
 from divinr.models.inr import INRConfig, LatentINR, parameter_owners
-from divinr.training.resume import (
-    EpochShuffle,
-    prepare_workdir,
-    resumable_callbacks,
-    resume_path,
-    settings_digest,
-    workdir_lock,
-)
+from divinr.models.pixel_inr import frame_coordinates
+from divinr.training.resume import EpochShuffle, prepare_workdir, resume_path, settings_digest, workdir_lock
 from divinr.training.stages import Phase, StageCallback, phase_at, total_epochs
-
-HINERV_REFERENCE_FRAMES = 600
-"""Sequence length the presets' grid sizes are chosen for (a UVG sequence)."""
-
-HINERV_STRIDES = (4, 2, 2, 2, 2)
-"""Upsampling of the presets: 9x16 base grid -> 576x1024 frames."""
+from divinr.training.trainer import build_trainer, fit
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Standard MS-SSIM scale weights (Wang et al. 2003), finest scale first."""
 
 _MSSSIM_WINDOW = 11
 _MSSSIM_SIGMA = 1.5
-# Frames smaller than this many base cells per side get smaller strides (see hinerv_config),
-# so the stem still sees some spatial context.
-_MIN_BASE_SIDE = 4
-
-HINERV_PRESETS: dict[str, INRConfig] = {
-    # Parameters at 1024x576 for 25 / 150 / 600 frames (grids scaled by frames / 600):
-    # 4xs 9K / 22K / 68K, 3xs 26K / 53K / 155K,
-    # xxs 54K / 105K / 289K, xs 131K / 230K / 578K, s 376K / 582K / 1.32M, m 968K / 1.33M / 2.61M.
-    # At ~5 bits per coded parameter: 600 frames 0.004 / 0.008 / 0.019 / 0.037 bpp for xxs..m,
-    # 150 frames 0.006 / 0.013 / 0.033 / 0.075 bpp. 4xs and 3xs put short or small clips
-    # (e.g. 49 frames at 512x288: 0.006 / 0.016 / 0.035 / 0.088 bpp for 4xs..xs) in the
-    # 0.005-0.1 bpp range; on full sequences they fall below it.
-    "4xs": INRConfig(
-        channels=24, stage_channels=(16, 12, 8, 6, 4), strides=HINERV_STRIDES, blocks=(1, 1, 1, 1, 1),
-        grid_frames=60, grid_channels=4, local_grid_frames=150, local_grid_channels=2, head="rgb",
-    ),
-    "3xs": INRConfig(
-        channels=40, stage_channels=(32, 20, 12, 8, 6), strides=HINERV_STRIDES, blocks=(1, 1, 1, 1, 1),
-        grid_frames=90, grid_channels=6, local_grid_frames=200, local_grid_channels=3, head="rgb",
-    ),
-    "xxs": INRConfig(
-        channels=64, stage_channels=(48, 32, 16, 12, 8), strides=HINERV_STRIDES, blocks=(1, 1, 1, 1, 1),
-        grid_frames=120, grid_channels=8, local_grid_frames=300, local_grid_channels=4, head="rgb",
-    ),
-    "xs": INRConfig(
-        channels=96, stage_channels=(64, 40, 24, 16, 12), strides=HINERV_STRIDES, blocks=(2, 1, 1, 1, 1),
-        grid_frames=150, grid_channels=12, local_grid_frames=300, local_grid_channels=8, head="rgb",
-    ),
-    "s": INRConfig(
-        channels=128, stage_channels=(112, 64, 32, 20, 12), strides=HINERV_STRIDES, blocks=(2, 2, 1, 1, 1),
-        grid_frames=200, grid_channels=20, local_grid_frames=300, local_grid_channels=12, head="rgb",
-    ),
-    "m": INRConfig(
-        channels=192, stage_channels=(160, 96, 48, 24, 16), strides=HINERV_STRIDES, blocks=(3, 2, 1, 1, 1),
-        grid_frames=300, grid_channels=24, local_grid_frames=300, local_grid_channels=16, head="rgb",
-    ),
-}
-
-SEQUENCE_PRESETS = ("xxs", "xs", "s", "m")
-"""The default sweep: about 0.004-0.04 bpp on 600-frame 1024x576 sequences, 0.006-0.075 on 150 frames
-(estimates from parameter counts; the measured rate is the bitstream's size)."""
-
-
-def hinerv_config(preset: str, frame_size: tuple[int, int], num_frames: int) -> INRConfig:
-    """Resolve an rgb-head INR config for one sequence from a named size preset.
-
-    The grids keep the preset's number of grid frames per video frame (their temporal sizes are
-    scaled by ``num_frames / 600``, at least 2 each). Frames whose shorter side is below
-    ``4 x 64`` px get smaller strides, halving the first stride still above 1 until the base
-    grid has at least 4 cells on the shorter side; the decoder's widths and depths, hence its
-    parameter count, do not change.
-
-    Args:
-        preset: a key of :data:`HINERV_PRESETS`.
-        frame_size: (H, W) of the frames, the order of ``LatentINR``'s ``output_size``.
-        num_frames: frames of the sequence the INR represents.
-
-    Returns:
-        The config; build it with ``LatentINR(config, frame_size)``.
-
-    Raises:
-        PresetError: unknown preset, or a non-positive size or frame count.
-    """
-    if preset not in HINERV_PRESETS:
-        raise unknown_choice("HiNeRV preset", preset, list(HINERV_PRESETS))
-    if len(frame_size) != 2 or min(frame_size) < 1:
-        raise PresetError(f"frame_size must be (H, W) with positive sides, got {frame_size!r}")
-    if num_frames < 1:
-        raise PresetError(f"num_frames must be >= 1, got {num_frames}")
-    config = HINERV_PRESETS[preset]
-    strides = list(config.strides)
-    limit = max(min(frame_size) // _MIN_BASE_SIDE, 1)
-    for index in range(len(strides)):
-        while strides[index] > 1 and math.prod(strides) > limit:
-            strides[index] //= 2
-    ratio = num_frames / HINERV_REFERENCE_FRAMES
-    return dataclasses.replace(
-        config,
-        strides=tuple(strides),
-        grid_frames=max(2, round(config.grid_frames * ratio)),
-        local_grid_frames=max(2, round(config.local_grid_frames * ratio)),
-    )
-
 
 # ------------------------------------------------------------------------------- loss
 
@@ -225,16 +130,6 @@ def hinerv_loss(pred: Tensor, target: Tensor, *, l1_weight: float = 0.7, msssim_
 
 
 # ------------------------------------------------------------------------------- data
-
-
-def frame_coordinates(num_frames: int) -> Tensor:
-    """Temporal coordinate of every frame of a sequence: ``i / (T - 1)``; a lone frame gets 0.
-
-    >>> frame_coordinates(5).tolist()
-    [0.0, 0.25, 0.5, 0.75, 1.0]
-    """
-    scale = 1.0 / (num_frames - 1) if num_frames > 1 else 0.0
-    return torch.arange(num_frames, dtype=torch.float64).mul(scale).float()
 
 
 class FrameClips(Dataset):
@@ -368,7 +263,7 @@ def train_hinerv(
     *,
     clip_len: int = 8,
     seed: int = 0,
-    accelerator: str = "auto",
+    device: str | torch.device = "auto",
     precision: str = "32",
     logger: Any = None,
     max_time: Any = None,
@@ -382,13 +277,13 @@ def train_hinerv(
 
     Args:
         frames: (T, 3, H, W) frames, float in [0, 1] or uint8.
-        config: an rgb-head config, e.g. from :func:`hinerv_config`.
+        config: an rgb-head config, e.g. from :func:`divinr.models.pixel_inr.hinerv_config`.
         phases: stage schedule, e.g. ``paper_phases(300, 120, 60)``.
         clip_len: frames per training step.
         seed: seeds the clip order, Quant-Noise and the INR's initialisation, which follows
             the seeding directly (``torch.manual_seed(seed); LatentINR(config, (H, W))``
             reproduces the initial weights).
-        accelerator: Lightning accelerator.
+        device: where to train (``auto``: CUDA when present).
         precision: Lightning precision, e.g. "32" or "bf16-mixed" (the loss stays float32).
         logger: a Lightning logger; None logs nothing.
         max_time: Lightning's wall-clock limit (e.g. "00:12:00:00"); training stops early.
@@ -416,47 +311,10 @@ def train_hinerv(
         if workdir is not None:
             settings = {"config": config, "phases": phases, "clip_len": clip_len, "seed": seed}
             prepare_workdir(workdir, settings_digest(settings, frames))
-        trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            precision=precision,
-            max_epochs=total_epochs(phases),
-            max_time=max_time,
-            logger=logger if logger is not None else False,
-            callbacks=[*(callbacks or []), *resumable_callbacks(seed, workdir)],
-            enable_checkpointing=workdir is not None,
-            default_root_dir=str(workdir) if workdir is not None else None,
-            enable_progress_bar=enable_progress_bar,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            log_every_n_steps=min(50, len(dataset)),
+        trainer = build_trainer(
+            max_epochs=total_epochs(phases), device=resolve_device(device), precision=precision, seed=seed,
+            workdir=workdir, logger=logger, callbacks=callbacks or (), progress=enable_progress_bar,
+            log_every_n_steps=min(50, len(dataset)), max_time=max_time,
         )
-        trainer.fit(module, loader, ckpt_path=resume_path(workdir))
+        fit(trainer, module, loader, resume_path(workdir))
     return module.inr.eval(), module.history
-
-
-@torch.no_grad()
-def render(inr: LatentINR, num_frames: int, *, batch: int = 8) -> Tensor:
-    """Evaluate an rgb-head INR at every frame of a ``num_frames`` sequence.
-
-    The INR runs in eval mode (restored afterwards): an INR still carrying Quant-Noise then
-    renders with fully quantised weights, i.e. what the bitstream decodes to.
-
-    Args:
-        inr: the trained INR (any device).
-        num_frames: frames of the sequence it was trained on.
-        batch: frames per forward pass.
-
-    Returns:
-        (num_frames, 3, H, W) float32 frames in [0, 1], on CPU.
-    """
-    if batch < 1:
-        raise PresetError(f"batch must be >= 1, got {batch}")
-    device = next(inr.parameters()).device
-    coords = frame_coordinates(num_frames).to(device)
-    was_training = inr.training
-    inr.eval()
-    try:
-        return torch.cat([inr(chunk).y.float().cpu() for chunk in coords.split(batch)])
-    finally:
-        inr.train(was_training)

@@ -22,7 +22,7 @@ from torch import nn
 from divinr.models.backbone import Backbone
 from divinr.models.inr import LatentINR, dit_conditioning, parameter_owners
 from divinr.errors import PresetError
-from divinr.models.nola import NOLAConfig, inject_nola, nola_layers, nola_parameters
+from divinr.models.nola import nola_layers, nola_parameters
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
 from divinr.training.stages import Phase, StageCallback, total_epochs
 
@@ -34,10 +34,13 @@ class DiVINRModule(L.LightningModule):
     """Trains the INR and NOLA coefficients of one sequence under the dual loss.
 
     Args:
-        backbone: the frozen Wan transformer + VAE (NOLA is injected here, in place).
+        backbone: the frozen Wan transformer + VAE, already adapted by the caller
+            (:meth:`~divinr.models.backbone.Backbone.adapt`; with ``num_bases=0``, the
+            PEFT-size ablation, nothing is adapted and only the INR trains). The module never
+            changes what it is given; the adapters belong to whoever injected them (the codec
+            removes them before it reconstructs with the same backbone).
         inr: the latent INR producing (y, M) for temporal coordinates.
         phases: the stage schedule (also handed to the :class:`StageCallback`).
-        nola: NOLA settings; ``num_bases=0`` trains the INR alone (PEFT-size ablation).
         loss: lambda schedule and timestep density.
         mask_mode: ``"learned"`` (the paper) or ``"ones"`` (ablation: M fixed to 1).
         weight_decay: AdamW decoupled weight decay of both groups.
@@ -48,7 +51,6 @@ class DiVINRModule(L.LightningModule):
         backbone: Backbone,
         inr: LatentINR,
         phases: list[Phase],
-        nola: NOLAConfig = NOLAConfig(),
         loss: LossConfig = LossConfig(),
         *,
         mask_mode: str = "learned",
@@ -61,11 +63,9 @@ class DiVINRModule(L.LightningModule):
         self.transformer = backbone.transformer
         self.inr = inr
         self.phases = list(phases)
-        self.nola_config = nola
         self.loss_config = loss
         self.mask_mode = mask_mode
         self.weight_decay = weight_decay
-        self.adapted_layers = inject_nola(self.transformer, nola, extra_targets=backbone.nola_extra_targets())
         # Checkpoints hold only what trains; the backbone comes from its own weights on resume.
         self.strict_loading = False
 

@@ -1,6 +1,6 @@
 """Per-epoch checkpoints that let a long per-video training resume where it stopped.
 
-Both trainers (DiV-INR's :func:`divinr.codec.train_codec` and the HiNeRV baseline's
+Both trainers (DiV-INR's :func:`divinr.training.encoder.train_codec` and the HiNeRV baseline's
 :func:`divinr.training.hinerv.train_hinerv`) run for hours per video on a GPU; a crash or a
 cluster time-out must cost at most one epoch, not the whole run. Checkpoints are kept only for
 the settings and frames they were trained with (:func:`prepare_workdir`): a re-run with other

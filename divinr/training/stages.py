@@ -62,22 +62,22 @@ class Phase:
 
 
 def paper_phases(
-    dense: int = 300,
-    prune: int = 120,
-    quant: int = 60,
+    dense_epochs: int = 300,
+    prune_epochs: int = 120,
+    quant_epochs: int = 60,
     *,
-    inr_lr: float = 2e-3,
-    nola_lr: float = 2e-4,
+    inr_lr: float = Phase.inr_lr,
+    nola_lr: float = Phase.nola_lr,
     prune_fraction: float = 0.15,
     rho: float = 0.9,
-    bits: int = 6,
+    bits: int = Phase.quant_bits,
 ) -> list[Phase]:
     """The paper's schedule; epoch counts are arguments so short runs keep the same shape."""
-    dense_phase = Phase("dense", dense, inr_lr, nola_lr)
+    dense_phase = Phase("dense", dense_epochs, inr_lr, nola_lr)
     return [
         dense_phase,
-        replace(dense_phase, name="prune", epochs=prune, prune_fraction=prune_fraction),
-        replace(dense_phase, name="quant", epochs=quant, inr_lr=inr_lr / 10, quant_noise=rho, quant_bits=bits),
+        replace(dense_phase, name="prune", epochs=prune_epochs, prune_fraction=prune_fraction),
+        replace(dense_phase, name="quant", epochs=quant_epochs, inr_lr=inr_lr / 10, quant_noise=rho, quant_bits=bits),
     ]
 
 

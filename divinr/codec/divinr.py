@@ -1,0 +1,250 @@
+"""DiV-INR as a codec: ``compress(video) -> bytes`` and ``decompress(bytes) -> Decoded``.
+
+    encoder: frames --VAE--> cached latents --train INR + NOLA (dense -> prune -> Quant-Noise,
+             divinr.training.encoder)--> quantise + range-code --> bitstream
+    decoder: bitstream + public backbone --> frames        (divinr.inference.decoder)
+
+Nothing but the bitstream and the public backbone passes from encoder to decoder. The optional
+reconstruction after encoding (``encode(..., reconstruct=True)``) runs the decoder's own code
+on the decoder's own inputs: dequantised tensors and the backbone with its training adapters
+removed, then adapted afresh from the stream. Training imports Lightning, so it is imported
+only when something is encoded: decoding never loads it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import torch
+
+from divinr.atomic import atomic_write_bytes
+from divinr.codec.base import Codec, Encoded
+from divinr.compression.bitstream import (
+    FORMAT_VERSION,
+    SCHEMA_V1,
+    CodecKind,
+    MaskMode,
+    StreamHeader,
+    bits_breakdown,
+    pack,
+    unpack,
+)
+from divinr.compression.container import write_container
+from divinr.data.gop import plan_gops
+from divinr.data.video import Video, fps_fraction, read_video
+from divinr.devices import resolve_device
+from divinr.errors import BitstreamError, PresetError, VideoFormatError
+from divinr.inference.decoder import Decoded, check_decode_memory, decode_stream
+from divinr.models.backbone import backbone_fingerprint, load_backbone
+from divinr.models.inr import LatentINR, inr_config
+from divinr.models.nola import eject_nola, nola_state_dict
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from divinr.training.encoder import EncoderConfig
+    from divinr.training.module import DiVINRModule
+
+
+def check_resolution(width: int, height: int) -> None:
+    """The VAE downsamples by 8 and the DiT patches latents by 2: sides must be multiples of 16."""
+    if width % 16 or height % 16 or width <= 0 or height <= 0:
+        raise VideoFormatError(
+            f"coding resolution {width}x{height} is not a multiple of 16 on both sides; use e.g. 1024x576 or 256x144"
+        )
+
+
+def load_clip(
+    path: str | Path,
+    *,
+    width: int,
+    height: int,
+    max_frames: int | None = None,
+    start: int = 0,
+    input_size: tuple[int, int] | None = None,
+    **read_kwargs: Any,
+) -> Video:
+    """Read frames resized to the coding resolution ``width`` x ``height`` as they are decoded.
+
+    ``input_size`` is the stored size of a raw ``.yuv`` file (which does not record it); other
+    formats declare their own. Resizing is antialiased bicubic on RGB.
+    """
+    check_resolution(width, height)
+    if input_size is not None:
+        read_kwargs["width"], read_kwargs["height"] = input_size
+    return read_video(path, start=start, max_frames=max_frames, resize=(width, height), **read_kwargs)
+
+
+def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
+    """The stream header for ``video`` under ``config``, known before training.
+
+    Only the backbone fingerprint and the adapted-layer count are filled in after the backbone
+    is loaded. Writing the header once here makes any setting the format cannot carry fail
+    before hours of training, not after.
+    """
+    check_resolution(video.width, video.height)
+    num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
+    header = StreamHeader(
+        kind=CodecKind.DIVINR,
+        backbone=config.backbone,
+        backbone_fingerprint=bytes(16),
+        frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        fps=fps_fraction(video.fps),
+        gop_size=config.gop_size,
+        inr=inr_config(config.inr, num_latent_frames=num_latent, **config.inr_overrides),
+        mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
+        quant_bits=config.quant_bits,
+        nola=config.nola,
+        nola_layers=0,
+        sampler=config.sampler,
+        model_dtype=str(config.model_dtype()).removeprefix("torch."),
+    )
+    try:
+        write_container(SCHEMA_V1, header.to_fields(), [], version=FORMAT_VERSION)
+    except BitstreamError as err:
+        raise PresetError(f"this configuration cannot be stored in a bitstream: {err}") from None
+    return header
+
+
+def pack_module(module: DiVINRModule, header: StreamHeader) -> bytes:
+    """The bitstream of a trained module: INR tensors in the canonical order of the header's architecture."""
+    with torch.device("meta"):
+        canonical = list(type(module.inr)(header.inr, header.latent_size).state_dict())
+    trained = module.inr.state_dict()
+    if sorted(canonical) != sorted(trained):
+        raise ValueError("the trained INR does not match the architecture in its header")
+    return pack(header, {k: trained[k] for k in canonical}, nola_state_dict(module.transformer))
+
+
+class Trained(NamedTuple):
+    """A trained encoder before coding: the INR (eval mode), its module and the complete header."""
+
+    inr: LatentINR
+    module: DiVINRModule
+    header: StreamHeader
+    history: list[dict[str, float]]
+
+
+class DiVINRCodec(Codec):
+    """INR-conditioned video diffusion (the paper's method).
+
+    Args:
+        config: encoder settings (only needed to encode).
+        backbone_path: a local copy of the backbone's weights for decoding (default: the
+            encoder's ``config.backbone_path``, else the preset's own location).
+        device: where decoding runs (default: the encoder's device, else ``auto``).
+        progress: show progress bars.
+    """
+
+    kind: ClassVar[CodecKind] = CodecKind.DIVINR
+
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        *,
+        backbone_path: str | Path | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.backbone_path = backbone_path if backbone_path is not None else (config.backbone_path if config else None)
+        self.device = device if device is not None else (config.device if config else "auto")
+        self.progress = progress
+
+    @classmethod
+    def for_decoding(cls, *, backbone_path: str | Path | None, device: str, progress: bool) -> DiVINRCodec:
+        return cls(backbone_path=backbone_path, device=device, progress=progress)
+
+    def train(
+        self,
+        video: Video,
+        *,
+        workdir: str | Path | None = None,
+        logger: Any = None,
+        callbacks: Sequence[L.Callback] = (),
+    ) -> Trained:
+        """Train INR + NOLA on ``video`` (already at coding resolution); nothing is coded yet.
+
+        With ``workdir`` training checkpoints every epoch and resumes from the folder (same
+        settings and frames), holding its lock throughout, so a second run on it fails at once.
+        """
+        from divinr.training.encoder import train_codec
+        from divinr.training.resume import workdir_lock
+
+        if self.config is None:
+            raise PresetError("this DiVINRCodec was built for decoding; give it an EncoderConfig to encode")
+        config = self.config
+        header = plan_header(video, config)
+        workdir = Path(workdir) if workdir is not None else None
+        with workdir_lock(workdir):
+            backbone = load_backbone(
+                config.backbone, path=config.backbone_path, dtype=config.model_dtype(),
+                device=config.resolved_device(), gradient_checkpointing=config.gradient_checkpointing,
+            )
+            fingerprint = backbone_fingerprint(backbone)
+            adapted = backbone.adapt(config.nola)
+            module, history = train_codec(
+                video, config, header, backbone, fingerprint, workdir=workdir, logger=logger, callbacks=callbacks,
+                progress=self.progress,
+            )
+        header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(adapted))
+        return Trained(module.inr.eval(), module, header, history)
+
+    def encode(
+        self,
+        video: Video,
+        *,
+        reconstruct: bool = False,
+        workdir: str | Path | None = None,
+        logger: Any = None,
+        callbacks: Sequence[L.Callback] = (),
+        bitstream_path: str | Path | None = None,
+    ) -> Encoded:
+        """Train (:meth:`train`) and code; the bitstream is written to ``bitstream_path``
+        (atomically) as soon as it exists, so a failure afterwards never loses the training."""
+        start = time.perf_counter()
+        trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
+        data = pack_module(trained.module, trained.header)
+        if bitstream_path is not None:
+            atomic_write_bytes(bitstream_path, data)
+        encoded = Encoded(
+            data=data, header=trained.header, bits=bits_breakdown(data), frames=video.num_frames,
+            width=video.width, height=video.height, history=trained.history,
+            encode_seconds=time.perf_counter() - start,
+        )
+        if reconstruct:
+            # The decoder adapts the backbone as loaded; Lightning's teardown left it on the CPU.
+            backbone = trained.module.backbone
+            device = self.config.resolved_device() if self.config else resolve_device(self.device)
+            eject_nola(backbone.transformer)
+            backbone.transformer.to(device)
+            backbone.vae.to(device)
+            start = time.perf_counter()
+            encoded.reconstruction = decode_stream(
+                data, backbone, device=device, progress=self.progress, fingerprint=trained.header.backbone_fingerprint
+            )
+            encoded.decode_seconds = time.perf_counter() - start
+        return encoded
+
+    def decompress(self, data: bytes) -> Decoded:
+        """Decode with the public backbone the header names, loaded fresh.
+
+        The decoded video is checked against the memory budget
+        (:func:`divinr.inference.decoder.memory_budget`) before the backbone is loaded.
+        """
+        header = unpack(data).header
+        if header.kind != self.kind:
+            raise BitstreamError(
+                f"a {header.kind.name} stream is not a DiV-INR stream; decode it with divinr.codec.decompress"
+            )
+        check_decode_memory(header)
+        target = resolve_device(self.device)
+        dtype = getattr(torch, header.model_dtype)  # a name the header's DiT-dtype codes allow
+        backbone = load_backbone(header.backbone, path=self.backbone_path, dtype=dtype, device=target)
+        return decode_stream(data, backbone, device=target, progress=self.progress)

@@ -1,0 +1,154 @@
+"""DiV-INR's encoder side: its settings and the training of INR + NOLA on one sequence.
+
+    Video --VAE--> cached GoP latents --DiVINRModule (dense -> prune -> Quant-Noise)--> trained
+    INR + NOLA coefficients (the codec, :class:`divinr.codec.divinr.DiVINRCodec`, codes them)
+
+Everything here needs Lightning; the decoder needs none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from divinr.compression.bitstream import StreamHeader
+from divinr.data.gop import split_gops
+from divinr.data.video import Video
+from divinr.devices import resolve_device
+from divinr.errors import PresetError
+from divinr.inference.sampler import SamplerConfig
+from divinr.models.backbone import Backbone
+from divinr.models.inr import build_inr
+from divinr.models.nola import NOLAConfig
+from divinr.training.data import LatentGoPs, encode_gops, gop_loader
+from divinr.training.losses import LossConfig
+from divinr.training.module import DiVINRModule
+from divinr.training.resume import prepare_workdir, resume_path, settings_digest
+from divinr.training.stages import Phase, paper_phases, total_epochs
+from divinr.training.trainer import build_trainer, default_precision, fit
+
+
+@dataclass
+class EncoderConfig:
+    """Everything the encoder needs besides the video (mirrored by the Hydra config groups).
+
+    ``device="auto"`` picks CUDA when present; ``precision="auto"`` is bf16 mixed precision
+    with a bf16 DiT on GPU (the paper's set-up) and float32 on CPU.
+    """
+
+    backbone: str = "tiny"
+    backbone_path: str | None = None
+    inr: str = "xxs"
+    inr_overrides: dict[str, Any] = field(default_factory=dict)
+    nola: NOLAConfig = field(default_factory=NOLAConfig)
+    phases: list[Phase] = field(default_factory=paper_phases)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    gop_size: int = 25
+    mask_mode: str = "learned"
+    quant_bits: int = Phase.quant_bits  # the width Quant-Noise trains at is the width coded
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.phases or self.phases[0].epochs < 1:
+            raise PresetError("the first (dense) training phase needs at least one epoch; an untrained stream codes nothing")
+        if self.mask_mode not in ("learned", "ones"):
+            raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
+        if not 0 <= self.seed < 2**32:
+            raise PresetError(f"seed must be in 0..2^32-1, got {self.seed}")
+        if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "bf16-true"):
+            raise PresetError(f"precision {self.precision!r} is not one of auto, 32-true, bf16-mixed, bf16-true")
+        noisy_bits = {p.quant_bits for p in self.phases if p.quant_noise > 0}
+        if noisy_bits - {self.quant_bits}:
+            raise PresetError(
+                f"Quant-Noise trains at {sorted(noisy_bits)} bits but the bitstream would code {self.quant_bits}; "
+                "use one width so training sees the decoder's quantiser"
+            )
+        self.resolved_device()
+        # The header stores these as float32: train with exactly the values the decoder will read.
+        self.nola = replace(
+            self.nola, basis_variance=_float32(self.nola.basis_variance), scaling=_float32(self.nola.scaling)
+        )
+        self.sampler = replace(self.sampler, flow_shift=_float32(self.sampler.flow_shift))
+
+    def resolved_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return default_precision(self.resolved_device())
+
+    def model_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.resolved_precision().startswith("bf16") else torch.float32
+
+
+def _float32(value: float) -> float:
+    return float(np.float32(value))
+
+
+class EpochHistory(L.Callback):
+    """Keeps the epoch-averaged training losses so callers can check (and report) convergence."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/") or k == "stage"}
+        row["epoch"] = trainer.current_epoch
+        self.epochs.append(row)
+
+
+def train_codec(
+    video: Video,
+    config: EncoderConfig,
+    header: StreamHeader,
+    backbone: Backbone,
+    fingerprint: bytes,
+    *,
+    workdir: Path | None = None,
+    logger: Any = None,
+    callbacks: Sequence[L.Callback] = (),
+    progress: bool = True,
+) -> tuple[DiVINRModule, list[dict[str, float]]]:
+    """Train INR + NOLA on ``video`` with ``backbone`` (adapted by the caller); the module and its history.
+
+    ``header`` is the stream's planned header (its INR architecture is built here) and
+    ``fingerprint`` that of the backbone's weights before adaptation (it keys the caches). With
+    ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if one of the
+    same settings and frames is present; the resumed run gives the uninterrupted run's
+    bitstream. The caller holds the folder's lock (:func:`~divinr.training.resume.workdir_lock`).
+    """
+    if workdir is not None:
+        settings = {
+            "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
+            "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay,
+            "gop_size": config.gop_size,
+        }
+        prepare_workdir(workdir, settings_digest(settings, video.frames))
+    checkpoint = resume_path(workdir)  # an unreadable one fails here, before the VAE runs
+    gops = split_gops(video.frames, config.gop_size)
+    latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    inr = build_inr(header.inr, header.latent_size)
+    module = DiVINRModule(
+        backbone, inr, config.phases, config.loss, mask_mode=config.mask_mode, weight_decay=config.weight_decay
+    )
+    history = EpochHistory()
+    trainer = build_trainer(
+        max_epochs=total_epochs(config.phases), device=config.resolved_device(),
+        precision=config.resolved_precision(), seed=config.seed, workdir=workdir, logger=logger,
+        callbacks=[history, *callbacks], progress=progress,
+    )
+    fit(trainer, module, gop_loader(LatentGoPs(latents, gops), seed=config.seed), checkpoint)
+    return module, history.epochs
