@@ -249,7 +249,7 @@ def test_a_failed_encode_removes_the_folders_it_created(tmp_path: Path, capsys, 
 def test_decode_refuses_a_bad_output_before_decoding(encoded, tmp_path: Path, capsys, monkeypatch) -> None:
     import divinr.codec.divinr
 
-    monkeypatch.setattr(divinr.codec.divinr, "decode_stream", lambda *a, **k: pytest.fail("decoding started"))
+    monkeypatch.setattr(divinr.codec.divinr, "load_backbone", lambda *a, **k: pytest.fail("decoding started"))
     assert main(["decode", str(encoded[0]), "-o", str(tmp_path / "x.avi")]) == 2
     assert "unsupported extension" in capsys.readouterr().err
 

@@ -38,6 +38,7 @@ from divinr.compression.bitstream import (
     unpack,
 )
 from divinr.compression.container import FieldKind, read_container, write_container
+from divinr.codec import decompress
 from divinr.errors import DivinrError
 from divinr.inference.decoder import check_capacity, check_decode_memory, decoded_video_bytes, memory_budget
 from divinr.inference.sampler import SamplerConfig
@@ -255,17 +256,24 @@ def test_random_bytes_with_a_valid_crc_are_corrupt_not_newer(tmp_path: Path, cap
 
 
 def test_a_video_over_the_memory_budget_is_refused_before_decoding(base: bytes, tmp_path: Path, capsys) -> None:
+    """In memory (the Python API) the whole video counts; streaming to a file (divinr decode), one GoP."""
     big = rewrite(base, frames=MAX_FRAMES, width=1024, height=576)
     needed = decoded_video_bytes(unpack(big).header)
     assert needed > 100 * 2**30
     (tmp_path / "big.dvr").write_bytes(big)
     status, _, _ = run_cli(["info", str(tmp_path / "big.dvr")], capsys)  # a valid header: info shows it
     assert status == 0
-    status, out, err = run_cli(["decode", str(tmp_path / "big.dvr"), "-o", str(tmp_path / "o.y4m"), "--device", "cpu"], capsys)
-    assert status == 2 and err.count("\n") == 1, err
-    assert f"needs at least {needed:,} bytes" in err and f"budget of {8 * 2**30:,} bytes" in err
-    enough = float(re.search(r"--max-memory ([0-9.]+) \(GiB", err).group(1))  # type: ignore[union-attr]
+    with pytest.raises(DivinrError, match=f"needs at least {needed:,} bytes") as err:
+        decompress(big, device="cpu", progress=False)
+    enough = float(re.search(r"--max-memory ([0-9.]+) \(GiB", str(err.value)).group(1))  # type: ignore[union-attr]
     assert needed <= enough * 2**30 < needed + 0.01 * 2**30
+    huge_gop = rewrite(base, width=8192, height=8192, frames=25, gop_size=25)
+    per_gop = decoded_video_bytes(unpack(huge_gop).header, held_frames=0)
+    assert per_gop > 8 * 2**30
+    (tmp_path / "gop.dvr").write_bytes(huge_gop)
+    status, out, err = run_cli(["decode", str(tmp_path / "gop.dvr"), "-o", str(tmp_path / "o.y4m"), "--device", "cpu"], capsys)
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"needs at least {per_gop:,} bytes" in err and f"budget of {8 * 2**30:,} bytes" in err
 
 
 def test_the_memory_budget_is_configurable(base: bytes, tmp_path: Path, capsys) -> None:

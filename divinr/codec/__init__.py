@@ -29,10 +29,16 @@ def decoder_for(
 
 
 def decompress(
-    data: bytes, *, backbone_path: str | Path | None = None, device: str = "auto", progress: bool = True
+    data: bytes,
+    *,
+    frames: tuple[int, int] | None = None,
+    backbone_path: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
 ) -> Decoded:
-    """Decode any divinr bitstream (``backbone_path``: a local copy of a DiV-INR stream's backbone)."""
-    return decoder_for(data, backbone_path=backbone_path, device=device, progress=progress).decompress(data)
+    """Decode any divinr bitstream, or only its frames ``[start, stop)`` (random access: only the
+    GoPs that cover them are sampled); ``backbone_path``: a local copy of a DiV-INR stream's backbone."""
+    return decoder_for(data, backbone_path=backbone_path, device=device, progress=progress).decompress(data, frames)
 
 
 __all__ = [

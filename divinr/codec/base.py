@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import abc
 import resource
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from divinr.compression.bitstream import CodecKind, Header
+from divinr.compression.bitstream import Bitstream, CodecKind, Header, unpack
 from divinr.data.video import Video
+from divinr.errors import BitstreamError
 from divinr.inference.decoder import Decoded
 from divinr.rate import bits_per_pixel
 
@@ -89,5 +90,20 @@ class Codec(abc.ABC):
         """
 
     @abc.abstractmethod
-    def decompress(self, data: bytes) -> Decoded:
-        """Decode a complete bitstream of this codec's kind."""
+    def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        """Decode ``frames`` ``[start, stop)`` (default all) chunk by chunk, in order: memory holds
+        one chunk (a GoP, or a few frames), whatever the length of the stream."""
+
+    def decompress(self, data: bytes, frames: tuple[int, int] | None = None) -> Decoded:
+        """Decode a bitstream of this codec's kind, or the range ``frames`` of it, into one tensor."""
+        return Decoded(torch.cat(list(self.iter_frames(data, frames))), [], float(self.stream(data).header.fps))
+
+    def stream(self, data: bytes) -> Bitstream:
+        """The parsed stream, refused with a clear error if it is of another kind."""
+        stream = unpack(data)
+        if stream.header.kind != self.kind:
+            raise BitstreamError(
+                f"a {stream.header.kind.name} stream is not a {self.kind.name} stream; decode it with "
+                "divinr.codec.decompress"
+            )
+        return stream

@@ -14,7 +14,7 @@ only when something is encoded: decoding never loads it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -25,21 +25,28 @@ from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
 from divinr.compression.bitstream import (
     FORMAT_VERSION,
+    Bitstream,
     SCHEMA_V1,
     CodecKind,
     MaskMode,
     StreamHeader,
     bits_breakdown,
     pack,
-    unpack,
 )
 from divinr.compression.container import write_container
 from divinr.data.gop import plan_gops
 from divinr.data.video import Video, fps_fraction, read_video
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
-from divinr.inference.decoder import Decoded, check_decode_memory, decode_stream
-from divinr.models.backbone import backbone_fingerprint, load_backbone
+from divinr.inference.decoder import (
+    Decoded,
+    check_decode_memory,
+    decode_gops,
+    decode_stream,
+    frame_range,
+    prepare_stream,
+)
+from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
 from divinr.models.inr import LatentINR, inr_config
 from divinr.models.nola import eject_nola, nola_state_dict
 
@@ -232,19 +239,28 @@ class DiVINRCodec(Codec):
             encoded.decode_seconds = time.perf_counter() - start
         return encoded
 
-    def decompress(self, data: bytes) -> Decoded:
-        """Decode with the public backbone the header names, loaded fresh.
+    def _decoding_backbone(self, data: bytes, held_frames: int | None) -> tuple[Bitstream, Backbone]:
+        """Check the stream (memory budget included) before loading the backbone it names, fresh."""
+        stream = self.stream(data)
+        check_decode_memory(stream.header, held_frames=held_frames)
+        target = resolve_device(self.device)
+        dtype = getattr(torch, stream.header.model_dtype)  # a name the header's DiT-dtype codes allow
+        return stream, load_backbone(stream.header.backbone, path=self.backbone_path, dtype=dtype, device=target)
+
+    def decompress(self, data: bytes, frames: tuple[int, int] | None = None) -> Decoded:
+        """Decode (the range ``frames`` of) a stream with the public backbone its header names.
 
         The decoded video is checked against the memory budget
         (:func:`divinr.inference.decoder.memory_budget`) before the backbone is loaded.
         """
-        header = unpack(data).header
-        if header.kind != self.kind:
-            raise BitstreamError(
-                f"a {header.kind.name} stream is not a DiV-INR stream; decode it with divinr.codec.decompress"
-            )
-        check_decode_memory(header)
-        target = resolve_device(self.device)
-        dtype = getattr(torch, header.model_dtype)  # a name the header's DiT-dtype codes allow
-        backbone = load_backbone(header.backbone, path=self.backbone_path, dtype=dtype, device=target)
-        return decode_stream(data, backbone, device=target, progress=self.progress)
+        start, stop = frame_range(self.stream(data).header, frames)
+        _, backbone = self._decoding_backbone(data, held_frames=stop - start)
+        return decode_stream(data, backbone, frames=frames, device=resolve_device(self.device), progress=self.progress)
+
+    def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        """Decode GoP by GoP, sampling only the GoPs that cover ``frames``."""
+        _, backbone = self._decoding_backbone(data, held_frames=0)
+        stream, inr = prepare_stream(data, backbone, held_frames=0)
+        device = resolve_device(self.device)
+        for _, video, _ in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=self.progress):
+            yield video

@@ -11,19 +11,21 @@ backbone and no NOLA: the comparison isolates what the diffusion decoder adds.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from torch import Tensor
+
 from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
-from divinr.compression.bitstream import CodecKind, PixelINRHeader, bits_breakdown, pack, unpack
+from divinr.compression.bitstream import CodecKind, PixelINRHeader, bits_breakdown, pack
 from divinr.data.video import Video, fps_fraction
 from divinr.devices import resolve_device
-from divinr.errors import BitstreamError, unknown_choice
-from divinr.inference.decoder import Decoded, build_inr_from_stream, check_decode_memory
+from divinr.errors import unknown_choice
+from divinr.inference.decoder import build_inr_from_stream, check_decode_memory, frame_range
 from divinr.models.inr import INRConfig
-from divinr.models.pixel_inr import HINERV_PRESETS, hinerv_config, render
+from divinr.models.pixel_inr import HINERV_PRESETS, hinerv_config, render_chunks
 
 if TYPE_CHECKING:
     import lightning as L
@@ -113,13 +115,10 @@ class PixelINRCodec(Codec):
             encoded.decode_seconds = time.perf_counter() - start
         return encoded
 
-    def decompress(self, data: bytes) -> Decoded:
-        """Evaluate the dequantised INR at every frame."""
-        stream = unpack(data)
-        if stream.header.kind != self.kind:
-            raise BitstreamError(
-                f"a {stream.header.kind.name} stream is not a pixel-INR stream; decode it with divinr.codec.decompress"
-            )
-        check_decode_memory(stream.header)
+    def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[Tensor]:
+        """Evaluate the dequantised INR at the frames of the range, a few at a time."""
+        stream = self.stream(data)
+        start, stop = frame_range(stream.header, frames)
+        check_decode_memory(stream.header, held_frames=0)
         inr = build_inr_from_stream(stream).to(resolve_device(self.device))
-        return Decoded(render(inr, stream.header.frames), [], float(stream.header.fps))
+        yield from render_chunks(inr, stream.header.frames, frames=(start, stop))

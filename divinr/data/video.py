@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -588,7 +588,7 @@ def _encoder_plan(path: Path, bit_depth: int, crf: int | None) -> _EncoderPlan:
 
 def write_video(
     path: str | os.PathLike[str],
-    frames: torch.Tensor,
+    frames: torch.Tensor | Iterable[torch.Tensor],
     fps: float,
     *,
     bit_depth: int = 8,
@@ -605,7 +605,8 @@ def write_video(
 
     Args:
         path: output file; parent folders are created.
-        frames: (T, 3, H, W) RGB in [0, 1] (clamped), H and W even for 4:2:0 outputs.
+        frames: (T, 3, H, W) RGB in [0, 1] (clamped), H and W even for 4:2:0 outputs; or chunks of
+            such frames, written as they come (a decoder streams GoP by GoP), all of one size.
         fps: frame rate (stored as a fraction with denominator <= 1001).
         bit_depth: bits per sample of the stored values.
         crf: x264 constant rate factor for lossy ``.mp4``/``.mkv`` (e.g. 10 to 18).
@@ -616,7 +617,10 @@ def write_video(
     if suffix not in WRITE_SUFFIXES:
         what = suffix or "a file without extension"
         raise VideoFormatError(f"{path}: cannot write {what}; use one of {', '.join(WRITE_SUFFIXES)}")
-    _check_rgb(frames)
+    chunks = _chunks(path, frames)
+    first = next(chunks, None)
+    if first is None:
+        raise VideoFormatError(f"{path}: no frames to write")
     if not fps > 0:
         raise VideoFormatError(f"{path}: fps must be positive, got {fps}")
     _levels(bit_depth, full_range)
@@ -625,20 +629,42 @@ def write_video(
         plan = _encoder_plan(path, bit_depth, crf)
     elif crf is not None:
         raise VideoFormatError(f"{path}: crf applies to lossy .mp4/.mkv only; drop crf or change the extension")
-    height, width = frames.shape[-2:]
+    height, width = first.shape[-2:]
     if (plan is None or plan.pix_fmt.startswith("yuv")) and (height % 2 or width % 2):
         raise VideoFormatError(
             f"{path}: 4:2:0 needs even dimensions, got {width}x{height}; resize or crop to even sizes"
         )
+    every = itertools.chain([first], chunks)
     with atomic_path(path, suffix=suffix) as tmp:
         if plan is None:
-            _write_yuv(tmp, frames, fps, bit_depth, full_range, y4m=suffix == ".y4m")
+            _write_yuv(tmp, every, (width, height), fps, bit_depth, full_range, y4m=suffix == ".y4m")
         else:
-            _write_container(tmp, frames, fps, bit_depth, full_range, plan)
+            _write_container(tmp, every, (width, height), fps, bit_depth, full_range, plan)
 
 
-def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full_range: bool, *, y4m: bool) -> None:
-    height, width = frames.shape[-2:]
+def _chunks(path: Path, frames: torch.Tensor | Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The frames to write as checked chunks of one size (a tensor is one chunk)."""
+    size = None
+    for chunk in [frames] if isinstance(frames, torch.Tensor) else frames:
+        _check_rgb(chunk)
+        if size is not None and chunk.shape[-2:] != size:
+            raise VideoFormatError(f"{path}: frames of {tuple(chunk.shape[-2:])} after frames of {tuple(size)}")
+        size = chunk.shape[-2:]
+        yield chunk
+
+
+def _frames_of(chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Single frames (1, 3, H, W) of a sequence of chunks: one at a time bounds memory for long 1080p clips."""
+    for chunk in chunks:
+        for i in range(chunk.shape[0]):
+            yield chunk[i : i + 1]
+
+
+def _write_yuv(
+    tmp: Path, chunks: Iterable[torch.Tensor], size: tuple[int, int], fps: float, bit_depth: int, full_range: bool,
+    *, y4m: bool,
+) -> None:
+    width, height = size
     with tmp.open("wb") as f:
         if y4m:
             rate = fps_fraction(fps)
@@ -649,8 +675,8 @@ def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full
                 f"XCOLORRANGE={colour}\n"
             )
             f.write(header.encode("ascii"))
-        for i in range(frames.shape[0]):  # one frame at a time bounds memory for long 1080p clips
-            planes = rgb_to_yuv420(frames[i : i + 1].cpu(), bit_depth, full_range)
+        for frame in _frames_of(chunks):
+            planes = rgb_to_yuv420(frame.cpu(), bit_depth, full_range)
             if y4m:
                 f.write(b"FRAME\n")
             for plane in planes:
@@ -658,10 +684,11 @@ def _write_yuv(tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full
 
 
 def _write_container(
-    tmp: Path, frames: torch.Tensor, fps: float, bit_depth: int, full_range: bool, plan: _EncoderPlan
+    tmp: Path, chunks: Iterable[torch.Tensor], size: tuple[int, int], fps: float, bit_depth: int, full_range: bool,
+    plan: _EncoderPlan,
 ) -> None:
     rate = fps_fraction(fps)
-    height, width = frames.shape[-2:]
+    width, height = size
     peak = (1 << bit_depth) - 1
     dtype = _sample_dtype(bit_depth)
     range_code = 2 if full_range else 1  # FFmpeg AVColorRange: 1 MPEG (limited), 2 JPEG (full)
@@ -672,8 +699,8 @@ def _write_container(
             ctx = stream.codec_context
             ctx.colorspace, ctx.color_primaries, ctx.color_trc = 1, 1, 1  # BT.709
             ctx.color_range = range_code
-        for i in range(frames.shape[0]):
-            rgb = frames[i : i + 1].detach().cpu().float().clamp(0.0, 1.0)
+        for i, frame_rgb in enumerate(_frames_of(chunks)):
+            rgb = frame_rgb.detach().cpu().float().clamp(0.0, 1.0)
             if plan.frame_format.startswith("yuv"):
                 frame = av.VideoFrame(width, height, plan.frame_format)
                 for plane, values in zip(frame.planes, rgb_to_yuv420(rgb, bit_depth, full_range)):

@@ -28,6 +28,7 @@ from divinr.compression.bitstream import (
     MAX_INR_PARAMETERS,
     Bitstream,
     CodecKind,
+    Header,
     MaskMode,
     StreamHeader,
     decode_tensors,
@@ -68,28 +69,46 @@ def _first_gop(header: StreamHeader) -> GoPSpan:
     return plan_gops(min(header.frames, header.gop_size), header.gop_size)[0]
 
 
-def decoded_video_bytes(header: StreamHeader) -> int:
-    """Bytes of pixels the decoder holds: all frames plus the longest GoP's VAE output, in float32.
+def decoded_video_bytes(header: Header, held_frames: int | None = None) -> int:
+    """Bytes of pixels the decoder holds: ``held_frames`` output frames (default all) plus the
+    longest GoP's VAE output, in float32.
 
     A lower bound of the peak (weights and activations come on top), but one that grows with
-    exactly the fields a hostile header inflates: frames, width and height.
+    exactly the fields a hostile header inflates: frames, width and height. A streaming decode
+    holds no output frames (``held_frames=0``): one GoP at a time.
     """
     # The pixel INR renders straight into the output (one frame of slack, as before it had no GoPs).
     working = _first_gop(header).num_padded if header.kind == CodecKind.DIVINR else 1
-    return (header.frames + working) * 3 * header.height * header.width * 4
+    held = header.frames if held_frames is None else held_frames
+    return (held + working) * 3 * header.height * header.width * 4
 
 
-def check_decode_memory(header: StreamHeader, budget: int | None = None) -> None:
-    """Refuse, before any work, a stream whose decoded video exceeds ``budget`` (default: the current one)."""
+def check_decode_memory(header: Header, budget: int | None = None, held_frames: int | None = None) -> None:
+    """Refuse, before any work, a decode that holds more than ``budget`` (default: the current one)
+    of pixels (see :func:`decoded_video_bytes`)."""
     budget = _MEMORY_BUDGET.get() if budget is None else budget
-    needed = decoded_video_bytes(header)
+    needed = decoded_video_bytes(header, held_frames)
     if needed > budget:
+        held = header.frames if held_frames is None else held_frames
         enough = math.ceil(needed / 2**30 * 100) / 100  # GiB, rounded up to 0.01
         raise DivinrError(
-            f"decoding needs at least {needed:,} bytes ({header.frames} frames of {header.width}x{header.height} "
+            f"decoding needs at least {needed:,} bytes ({held} frames of {header.width}x{header.height} "
             f"in float32), more than the memory budget of {budget:,} bytes; raise it with --max-memory {enough:g} "
-            "(GiB, divinr decode) or memory_budget() (Python)"
+            "(GiB, divinr decode), decode a range with --frames, or use memory_budget() (Python)"
         )
+
+
+def frame_range(header: Header, frames: tuple[int, int] | None) -> tuple[int, int]:
+    """The frames ``[start, stop)`` a decode returns (``None``: all), checked against the stream."""
+    if frames is None:
+        return 0, header.frames
+    start, stop = frames
+    if not 0 <= start < stop <= header.frames:
+        raise DivinrError(
+            f"frames {start}:{stop} are not a non-empty range inside the stream's 0:{header.frames}; "
+            f"give A:B with 0 <= A < B <= {header.frames}"
+        )
+    return start, stop
 
 
 def check_capacity(backbone: Backbone, header: StreamHeader) -> None:
@@ -200,34 +219,58 @@ def sample_gop(
     )
 
 
-@torch.no_grad()
+def decode_gops(
+    backbone: Backbone,
+    stream: Bitstream,
+    inr: LatentINR,
+    *,
+    frames: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Sample only the GoPs that cover ``frames`` (default all) with the adapted backbone.
+
+    Each GoP needs nothing from another: its conditioning is the INR at its own latent
+    coordinates and its noise is seeded by its index. So any range decodes bit-identically to
+    the same frames of a full decode, at the cost of the GoPs it touches.
+
+    Yields:
+        ``(index of its first frame, frames (n, 3, H, W) in [0, 1] on CPU, the GoP's latents)``
+        per GoP, in order; the frames are those of the range inside the GoP.
+    """
+    header = stream.header
+    start, stop = frame_range(header, frames)
+    spans = plan_gops(header.frames, header.gop_size)
+    chosen = [(s, f) for s, f in zip(spans, latent_coordinates(spans)) if s.start < stop and s.start + s.num_real > start]
+    inr = inr.to(device)
+    with tqdm(total=len(chosen) * header.sampler.steps, desc="decode", unit="step", disable=not progress) as bar:
+        for span, f in chosen:
+            with torch.no_grad():  # per GoP, not across the yield: the caller's grad mode stays its own
+                y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
+                z0 = sample_gop(backbone, y, m, header.sampler, span.index, progress=bar.update)
+                video = backbone.decode(z0[0])[: span.num_real].cpu()
+            first, last = max(start, span.start), min(stop, span.start + span.num_real)
+            yield first, video[first - span.start : last - span.start], z0[0].cpu()
+
+
 def reconstruct(
     backbone: Backbone,
     stream: Bitstream,
     inr: LatentINR,
     *,
+    frames: tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    on_gop: Callable[[GoPSpan, torch.Tensor], None] | None = None,
 ) -> Decoded:
-    """Sample every GoP with the adapted backbone (NOLA already merged) and decode to frames."""
+    """All frames of ``frames`` (default the whole stream) in one tensor (see :func:`decode_gops`)."""
     header = stream.header
-    spans = plan_gops(header.frames, header.gop_size)
-    coords = latent_coordinates(spans)
-    inr = inr.to(device)
-    frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
+    start, stop = frame_range(header, frames)
+    out = torch.empty((stop - start, 3, header.height, header.width), dtype=torch.float32)
     latents = []
-    steps = len(spans) * header.sampler.steps
-    with tqdm(total=steps, desc="decode", unit="step", disable=not progress) as bar:
-        for span, f in zip(spans, coords):
-            y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
-            z0 = sample_gop(backbone, y, m, header.sampler, span.index, progress=bar.update)
-            video = backbone.decode(z0[0])[: span.num_real].cpu()
-            latents.append(z0[0].cpu())
-            frames[span.start : span.start + span.num_real] = video
-            if on_gop is not None:
-                on_gop(span, video)
-    return Decoded(frames, latents, float(header.fps))
+    for first, video, z0 in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=progress):
+        out[first - start : first - start + video.shape[0]] = video
+        latents.append(z0)
+    return Decoded(out, latents, float(header.fps))
 
 
 @torch.no_grad()
@@ -253,23 +296,35 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     return Decoded(frames, latents, float(header.fps))
 
 
-def decode_stream(
-    data: bytes,
-    backbone: Backbone,
-    *,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    fingerprint: bytes | None = None,
-) -> Decoded:
-    """Decode a complete DiV-INR bitstream; ``backbone`` must be freshly loaded (no adapters)."""
+def prepare_stream(
+    data: bytes, backbone: Backbone, *, held_frames: int | None, fingerprint: bytes | None = None
+) -> tuple[Bitstream, LatentINR]:
+    """Every check a DiV-INR decode needs, then the adapters merged into ``backbone`` (freshly
+    loaded, no adapters): the stream and its INR, ready for :func:`decode_gops`."""
     stream = unpack(data)
     if stream.header.kind != CodecKind.DIVINR:
         raise BitstreamError(
             f"a {stream.header.kind.name} stream carries no latent conditioning; decode it with divinr.codec.decompress"
         )
-    check_decode_memory(stream.header)
+    check_decode_memory(stream.header, held_frames=held_frames)
     inr = build_inr_from_stream(stream)
     check_backbone(backbone, stream, fingerprint)
     check_capacity(backbone, stream.header)
     install_adapters(backbone, stream)
-    return reconstruct(backbone, stream, inr, device=device, progress=progress)
+    return stream, inr
+
+
+def decode_stream(
+    data: bytes,
+    backbone: Backbone,
+    *,
+    frames: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    fingerprint: bytes | None = None,
+) -> Decoded:
+    """Decode a DiV-INR bitstream (or the range ``frames`` of it); ``backbone`` freshly loaded."""
+    header = unpack(data).header
+    start, stop = frame_range(header, frames)
+    stream, inr = prepare_stream(data, backbone, held_frames=stop - start, fingerprint=fingerprint)
+    return reconstruct(backbone, stream, inr, frames=frames, device=device, progress=progress)

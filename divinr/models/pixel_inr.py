@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -121,28 +122,42 @@ def frame_coordinates(num_frames: int) -> Tensor:
     return torch.arange(num_frames, dtype=torch.float64).mul(scale).float()
 
 
-@torch.no_grad()
-def render(inr: LatentINR, num_frames: int, *, batch: int = 8) -> Tensor:
-    """Evaluate an rgb-head INR at every frame of a ``num_frames`` sequence.
+def render_chunks(
+    inr: LatentINR, num_frames: int, *, frames: tuple[int, int] | None = None, batch: int = 8
+) -> Iterator[Tensor]:
+    """Evaluate an rgb-head INR at the frames ``[start, stop)`` of a ``num_frames`` sequence
+    (default all), ``batch`` frames at a time: any range renders exactly the frames a full
+    render gives, since each frame depends on its own coordinate alone.
 
     The INR runs in eval mode (restored afterwards): an INR still carrying Quant-Noise then
     renders with fully quantised weights, i.e. what the bitstream decodes to.
 
-    Args:
-        inr: the trained INR (any device).
-        num_frames: frames of the sequence it was trained on.
-        batch: frames per forward pass.
-
-    Returns:
-        (num_frames, 3, H, W) float32 frames in [0, 1], on CPU.
+    Yields:
+        (n, 3, H, W) float32 frames in [0, 1], on CPU, in order.
     """
     if batch < 1:
         raise PresetError(f"batch must be >= 1, got {batch}")
+    start, stop = (0, num_frames) if frames is None else frames
     device = next(inr.parameters()).device
-    coords = frame_coordinates(num_frames).to(device)
+    coords = frame_coordinates(num_frames)[start:stop].to(device)
     was_training = inr.training
     inr.eval()
     try:
-        return torch.cat([inr(chunk).y.float().cpu() for chunk in coords.split(batch)])
+        for chunk in coords.split(batch):
+            with torch.no_grad():
+                out = inr(chunk).y.float().cpu()
+            yield out
     finally:
         inr.train(was_training)
+
+
+def render(inr: LatentINR, num_frames: int, *, frames: tuple[int, int] | None = None, batch: int = 8) -> Tensor:
+    """:func:`render_chunks` in one (T, 3, H, W) tensor: every frame of the sequence by default.
+
+    Args:
+        inr: the trained INR (any device).
+        num_frames: frames of the sequence it was trained on.
+        frames: ``[start, stop)`` to render instead of all.
+        batch: frames per forward pass.
+    """
+    return torch.cat(list(render_chunks(inr, num_frames, frames=frames, batch=batch)))
