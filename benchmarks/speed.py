@@ -41,7 +41,7 @@ import diffusers
 import torch
 
 from divinr.atomic import atomic_write_text
-from divinr.codec import check_resolution
+from divinr.codec import coded_size
 from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import CODING_SIZE
 from divinr.data.gop import latent_frame_count
@@ -249,7 +249,7 @@ def build_setup(
     Args:
         backbone: a frozen backbone, e.g. from ``build_random_backbone``.
         inr_size: INR preset, at its absolute grid sizes (a 150-latent-frame sequence).
-        resolution: (width, height) in pixels, multiples of 16.
+        resolution: (width, height) in pixels; timed at its coded size (:func:`~divinr.codec.coded_size`).
         gop: frames per GoP, 1 + 4k.
         steps: UniPC steps of the decoder.
         seed: seed of the INR initialisation and of the random data.
@@ -257,8 +257,7 @@ def build_setup(
     Returns:
         The shared set-up on the backbone's device.
     """
-    width, height = resolution
-    check_resolution(width, height)
+    width, height = coded_size(*resolution)
     if gop < 1 or (gop - 1) % 4:
         raise PresetError(f"gop {gop} is not 1 + 4k as the Wan VAE needs; use e.g. 5, 17 or 25")
     device = next(backbone.transformer.parameters()).device
@@ -517,7 +516,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backbone", default="wan2.1-fun-1.3b-inp", choices=sorted(BACKBONE_PRESETS))
     parser.add_argument(
-        "--resolution", default="x".join(map(str, PAPER_RESOLUTION)), help="WIDTHxHEIGHT, multiples of 16"
+        "--resolution", default="x".join(map(str, PAPER_RESOLUTION)), help="WIDTHxHEIGHT (timed at the next multiples of 16)"
     )
     parser.add_argument("--gop", type=int, default=PAPER_GOP, help="frames per GoP, 1 + 4k")
     parser.add_argument("--inr-size", default="s", choices=sorted(INR_PRESETS))

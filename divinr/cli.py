@@ -368,15 +368,19 @@ def stream_info(data: bytes) -> dict[str, Any]:
     schema, v = read_header_schema(data)
     view = schema.view(v)
     bits = bits_breakdown(data)
+    # The decoded (display) size; streams without a conformance window display their coded size.
+    display = v.get("display_width", v["width"]), v.get("display_height", v["height"])
     info = {
         "format_version": schema.version,
         "kind": CodecKind(schema.kind).name.lower(),
-        "bpp": bits_per_pixel(len(data), v["frames"], v["width"], v["height"]),
+        "bpp": bits_per_pixel(len(data), v["frames"], display[0], display[1]),
         "bytes": len(data),
         "bits": bits,
         "frames": v["frames"],
         "width": v["width"],
         "height": v["height"],
+        "display_width": display[0],
+        "display_height": display[1],
         "fps": v["fps_num"] / v["fps_den"],
         "inr": view["inr"],
         "quant_bits": v["quant_bits"],
@@ -402,7 +406,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     bits = info["bits"]
     print(f"{args.input}: divinr bitstream v{info['format_version']} ({info['kind']})")
     gop = f", GoP {info['gop_size']}" if "gop_size" in info else ""
-    print(f"  video     {info['frames']} frames {info['width']}x{info['height']} @ {info['fps']:g} fps{gop}")
+    shown, coded = (info["display_width"], info["display_height"]), (info["width"], info["height"])
+    padded = f" (coded {coded[0]}x{coded[1]})" if shown != coded else ""
+    print(f"  video     {info['frames']} frames {shown[0]}x{shown[1]}{padded} @ {info['fps']:g} fps{gop}")
     if "backbone" in info:
         print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
     print(f"  inr       {info['inr']}")

@@ -34,7 +34,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from divinr.anchors.base import VideoSource
-from divinr.codec import check_resolution
+from divinr.codec import coded_size
 from divinr.data.datasets import dataset_key, get_dataset, sequence_source
 from divinr.data.samples import SAMPLE_CLIPS, sample_clip_path
 from divinr.errors import EXIT_USER_ERROR, DivinrError, PresetError, unknown_choice
@@ -89,7 +89,7 @@ def frames_source(cfg: DictConfig) -> VideoSource:
     data = cfg.data
     if data.source == "clip":
         path = sample_clip_path(data.clip) if data.clip in SAMPLE_CLIPS else Path(to_absolute_path(data.clip))
-        check_resolution(data.width, data.height)
+        coded_size(data.width, data.height)  # refuses a non-positive size before any work
         return VideoSource(path, {"start": data.start, "max_frames": data.max_frames, "resize": (data.width, data.height)})
     if data.start:
         raise PresetError("data.start applies to clips only; dataset sequences are coded from their first frame")

@@ -18,6 +18,7 @@ from divinr.cli import stream_info
 from divinr.codec import decompress
 from divinr.compression.bitstream import (
     DIVINR_V1,
+    DIVINR_V2,
     HEADER_SCHEMAS,
     PIXEL_INR_V1,
     PIXEL_INR_V2,
@@ -95,13 +96,17 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
 
 
 def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
-    """DiV-INR streams are still written in format v1, so the same header gives the same bytes."""
+    """A v1 stream reads to a header displayed at its coded size, which v1 writes back to the same
+    bytes; DiV-INR headers are now written in v2, with the display size after the coded size."""
     data, _ = fixture("divinr_v1")
     version, values, sections = read_container(data, SCHEMAS)
     header = unpack(data).header
-    assert isinstance(header, StreamHeader) and writer_schema(StreamHeader) is DIVINR_V1
-    assert write_container(DIVINR_V1.elements, header.to_fields(), sections, version=version) == data
-    assert header.to_fields() == values
+    assert isinstance(header, StreamHeader)
+    assert (header.display_width, header.display_height) == (header.width, header.height)
+    assert write_container(DIVINR_V1.elements, DIVINR_V1.to_fields(header), sections, version=version) == data
+    assert DIVINR_V1.to_fields(header) == values
+    assert writer_schema(StreamHeader) is DIVINR_V2
+    assert header.to_fields() == {**values, "display_width": header.width, "display_height": header.height}
 
 
 def test_a_v1_pixel_stream_reads_as_a_pixel_header_without_its_placeholders() -> None:
@@ -138,8 +143,14 @@ def typed_paths(header_type: type) -> Counter[str]:
 LATENT_HEAD_ONLY = Counter({"inr.out_channels": 1, "inr.mask_channels": 1})
 
 
+# The display size (format v2): a v1 stream has none and displays its coded size.
+DISPLAY = Counter({"display_width": 1, "display_height": 1})
+
+
 @pytest.mark.parametrize(
-    ("schema", "unsent"), [(DIVINR_V1, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)], ids=["divinr_v1", "pixel_inr_v2"]
+    ("schema", "unsent"),
+    [(DIVINR_V1, DISPLAY), (DIVINR_V2, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)],
+    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
 )
 def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:
     """The element table is the one place a field is declared: adding an attribute to a typed
@@ -166,7 +177,7 @@ def test_the_pixel_headers_are_the_divinr_elements_the_pixel_header_has_a_place_
     v2 = [e.name for e in PIXEL_INR_V2.elements]
     assert v2 == [e.name for e in PIXEL_INR_V1.elements if e.path is not None]
     assert not [n for n in v2 if n.startswith(("backbone", "nola", "sampler", "gop", "mask", "dit"))]
-    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (1, 1), (2, 1)}
+    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (1, 1), (2, 1)}
 
 
 def divinr_header() -> StreamHeader:
@@ -190,24 +201,32 @@ def candidates(kind: FieldKind, value: Any, codes: Any) -> list[Any]:
     return [value + 16, value + 4, value + 1, value - 1]
 
 
+# A coded side changes with its display side: alone it would leave a window of the wrong size.
+TIED = {"width": "display_width", "height": "display_height"}
+
+
 @pytest.mark.parametrize(
-    "schema, header", [(DIVINR_V1, divinr_header()), (PIXEL_INR_V2, PIXEL)], ids=["divinr_v1", "pixel_inr_v2"]
+    "schema, header",
+    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (PIXEL_INR_V2, PIXEL)],
+    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
 )
 def test_every_element_round_trips_to_its_own_place(schema: HeaderSchema[Any], header: Any) -> None:
     """Each field, changed alone, changes the typed header and comes back unchanged (the frame
     rate is a Fraction, so the candidates keep it in lowest terms, as every encoder writes it)."""
-    values = header.to_fields()
+    values = schema.to_fields(header)
     assert schema.from_fields(values) == header and list(values) == [e.name for e in schema.elements]
     for element in schema.elements:
         if element.codes is not None and len(element.codes) == 1:
             continue  # the kind and the NOLA target set: one value each, nothing to change
         for candidate in candidates(element.kind, values[element.name], element.codes):
             changed = dict(values, **{element.name: candidate})
+            if TIED.get(element.name) in values:
+                changed[TIED[element.name]] = candidate
             try:
                 typed = schema.from_fields(changed)
             except BitstreamError:
                 continue  # outside the bounds or the rules; try another
-            assert typed != header and typed.to_fields() == changed, element.name
+            assert typed != header and schema.to_fields(typed) == changed, element.name
             break
         else:
             pytest.fail(f"no other valid value found for {element.name}")

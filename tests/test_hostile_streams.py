@@ -29,7 +29,7 @@ from divinr.cli import main
 from divinr.compression.bitstream import (
     MAX_FRAMES,
     MAX_GOP,
-    SCHEMA_V1,
+    SCHEMA_V2,
     SCHEMAS,
     CodecKind,
     MaskMode,
@@ -88,6 +88,10 @@ HOSTILE = [
     ("height", 0),
     ("height", 8208),
     ("height", 65520),
+    ("display_width", 0),
+    ("display_width", 65535),
+    ("display_width", 65),  # wider than the coded frame
+    ("display_height", 48),  # a whole block of padding
     ("fps_num", 0),
     ("fps_num", 2**32 - 1),
     ("fps_den", 0),
@@ -160,7 +164,12 @@ def rewrite(data: bytes, **fields: object) -> bytes:
     """Re-emit ``data`` with changed header fields and a valid CRC, bypassing the encoder's checks."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V1, values, sections, version=1)
+    return write_container(SCHEMA_V2, values, sections, version=2)
+
+
+def geometry(width: int, height: int) -> dict[str, int]:
+    """Header fields of an unpadded ``width`` x ``height`` video (display size = coded size)."""
+    return {"width": width, "height": height, "display_width": width, "display_height": height}
 
 
 def patch_float(data: bytes, name: str, value: float) -> bytes:
@@ -210,7 +219,7 @@ def assert_refused(data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture, p
 
 def test_every_header_field_is_covered() -> None:
     covered = {name for name, _ in HOSTILE + NON_FINITE} | ANY_VALUE_FIELDS
-    assert covered == {f.name for f in SCHEMA_V1}
+    assert covered == {f.name for f in SCHEMA_V2}
 
 
 def expected_message(name: str, value: object) -> str:
@@ -257,7 +266,7 @@ def test_random_bytes_with_a_valid_crc_are_corrupt_not_newer(tmp_path: Path, cap
 
 def test_a_video_over_the_memory_budget_is_refused_before_decoding(base: bytes, tmp_path: Path, capsys) -> None:
     """In memory (the Python API) the whole video counts; streaming to a file (divinr decode), one GoP."""
-    big = rewrite(base, frames=MAX_FRAMES, width=1024, height=576)
+    big = rewrite(base, frames=MAX_FRAMES, **geometry(1024, 576))
     needed = decoded_video_bytes(unpack(big).header)
     assert needed > 100 * 2**30
     (tmp_path / "big.dvr").write_bytes(big)
@@ -267,7 +276,7 @@ def test_a_video_over_the_memory_budget_is_refused_before_decoding(base: bytes, 
         decompress(big, device="cpu", progress=False)
     enough = float(re.search(r"--max-memory ([0-9.]+) \(GiB", str(err.value)).group(1))  # type: ignore[union-attr]
     assert needed <= enough * 2**30 < needed + 0.01 * 2**30
-    huge_gop = rewrite(base, width=8192, height=8192, frames=25, gop_size=25)
+    huge_gop = rewrite(base, **geometry(8192, 8192), frames=25, gop_size=25)
     per_gop = decoded_video_bytes(unpack(huge_gop).header, held_frames=0)
     assert per_gop > 8 * 2**30
     (tmp_path / "gop.dvr").write_bytes(huge_gop)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from divinr.codec.base import Codec, Encoded, peak_memory
-from divinr.codec.divinr import DiVINRCodec, check_resolution, load_clip
+from divinr.codec.divinr import DiVINRCodec, coded_size, load_clip
 from divinr.codec.pixel import PixelINRCodec
 from divinr.compression.bitstream import CodecKind, read_header
 from divinr.inference.decoder import Decoded
@@ -48,7 +48,7 @@ __all__ = [
     "DiVINRCodec",
     "Encoded",
     "PixelINRCodec",
-    "check_resolution",
+    "coded_size",
     "decoder_for",
     "decompress",
     "load_clip",

@@ -39,6 +39,8 @@ class Encoded:
     reconstruct (``encode(..., reconstruct=True)``): the decode an experiment reports is done
     once, from the file, by :meth:`Codec.decompress`. ``peak_memory_bytes`` is the process's
     peak when the bitstream was made, i.e. of training (before any reconstruction).
+    ``width`` x ``height`` is the input's (display) size, whose pixels bpp counts, not the
+    coded size the encoder pads to.
     """
 
     data: bytes

@@ -24,14 +24,14 @@ import torch
 from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
 from divinr.compression.bitstream import (
-    FORMAT_VERSION,
+    BLOCK,
     Bitstream,
-    SCHEMA_V1,
     CodecKind,
     MaskMode,
     StreamHeader,
     bits_breakdown,
     pack,
+    writer_schema,
 )
 from divinr.compression.container import write_container
 from divinr.data.gop import plan_gops
@@ -57,12 +57,20 @@ if TYPE_CHECKING:
     from divinr.training.module import DiVINRModule
 
 
-def check_resolution(width: int, height: int) -> None:
-    """The VAE downsamples by 8 and the DiT patches latents by 2: sides must be multiples of 16."""
-    if width % 16 or height % 16 or width <= 0 or height <= 0:
-        raise VideoFormatError(
-            f"coding resolution {width}x{height} is not a multiple of 16 on both sides; use e.g. 1024x576 or 256x144"
-        )
+def coded_size(width: int, height: int) -> tuple[int, int]:
+    """The size frames of ``width`` x ``height`` are coded at: each side padded up to a multiple of
+    :data:`~divinr.compression.bitstream.BLOCK`, as the VAE and the DiT need."""
+    if width <= 0 or height <= 0:
+        raise VideoFormatError(f"coding resolution {width}x{height} must be positive on both sides")
+    return -(-width // BLOCK) * BLOCK, -(-height // BLOCK) * BLOCK
+
+
+def pad_video(video: Video, width: int, height: int) -> Video:
+    """``video`` extended to ``width`` x ``height`` by repeating its last column and row: edge
+    replication keeps the VAE's borders smooth, where zero padding would code a sharp edge."""
+    rows = torch.arange(height).clamp(max=video.height - 1)
+    cols = torch.arange(width).clamp(max=video.width - 1)
+    return replace(video, frames=video.frames[:, :, rows][:, :, :, cols])
 
 
 def load_clip(
@@ -75,33 +83,35 @@ def load_clip(
     input_size: tuple[int, int] | None = None,
     **read_kwargs: Any,
 ) -> Video:
-    """Read frames resized to the coding resolution ``width`` x ``height`` as they are decoded.
+    """Read frames resized to the coding resolution ``width`` x ``height`` (any positive size; the
+    encoder pads it, see :func:`coded_size`) as they are decoded.
 
     ``input_size`` is the stored size of a raw ``.yuv`` file (which does not record it); other
     formats declare their own. Resizing is antialiased bicubic on RGB.
     """
-    check_resolution(width, height)
+    coded_size(width, height)
     if input_size is not None:
         read_kwargs["width"], read_kwargs["height"] = input_size
     return read_video(path, start=start, max_frames=max_frames, resize=(width, height), **read_kwargs)
 
 
 def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
-    """The stream header for ``video`` under ``config``, known before training.
+    """The stream header for ``video`` under ``config``, known before training: coded at
+    :func:`coded_size`, displayed at the video's own size.
 
     Only the backbone fingerprint and the adapted-layer count are filled in after the backbone
     is loaded. Writing the header once here makes any setting the format cannot carry fail
     before hours of training, not after.
     """
-    check_resolution(video.width, video.height)
+    width, height = coded_size(video.width, video.height)
     num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
     header = StreamHeader(
         kind=CodecKind.DIVINR,
         backbone=config.backbone,
         backbone_fingerprint=bytes(16),
         frames=video.num_frames,
-        width=video.width,
-        height=video.height,
+        width=width,
+        height=height,
         fps=fps_fraction(video.fps),
         gop_size=config.gop_size,
         inr=inr_config(config.inr, num_latent_frames=num_latent, **config.inr_overrides),
@@ -111,9 +121,12 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         nola_layers=0,
         sampler=config.sampler,
         model_dtype=str(config.model_dtype()).removeprefix("torch."),
+        display_width=video.width,
+        display_height=video.height,
     )
+    schema = writer_schema(StreamHeader)
     try:
-        write_container(SCHEMA_V1, header.to_fields(), [], version=FORMAT_VERSION)
+        write_container(schema.elements, header.to_fields(), [], version=schema.version)
     except BitstreamError as err:
         raise PresetError(f"this configuration cannot be stored in a bitstream: {err}") from None
     return header
@@ -176,7 +189,8 @@ class DiVINRCodec(Codec):
         logger: Any = None,
         callbacks: Sequence[L.Callback] = (),
     ) -> Trained:
-        """Train INR + NOLA on ``video`` (already at coding resolution); nothing is coded yet.
+        """Train INR + NOLA on ``video`` (at coding resolution, padded here to the coded size);
+        nothing is coded yet.
 
         With ``workdir`` training checkpoints every epoch and resumes from the folder (same
         settings and frames), holding its lock throughout, so a second run on it fails at once.
@@ -188,6 +202,7 @@ class DiVINRCodec(Codec):
             raise PresetError("this DiVINRCodec was built for decoding; give it an EncoderConfig to encode")
         config = self.config
         header = plan_header(video, config)
+        video = pad_video(video, header.width, header.height)
         workdir = Path(workdir) if workdir is not None else None
         with workdir_lock(workdir):
             backbone = load_backbone(

@@ -1,8 +1,9 @@
 """The divinr bitstreams: what each decoder needs, declared field by field, and nothing else.
 
     container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
-      DiV-INR v1    codec kind, backbone preset + fingerprint, DiT dtype, video geometry, GoP
-                    length, INR architecture, mask mode, quantiser width, NOLA settings, sampler
+      DiV-INR v2    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
+                    size and display size), GoP length, INR architecture, mask mode, quantiser
+                    width, NOLA settings, sampler (v1, still read: no display size)
       pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
       "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
       "nola"        (DiV-INR) every NOLA coefficient vector (alpha, beta per layer), same coding
@@ -16,7 +17,7 @@ says which). Tensor names are not sent: records follow the
 canonical state-dict order of the architecture the header describes, and each record's stored
 shape is checked against that architecture before anything is decoded.
 
-Each header field is declared once, in the element table :data:`DIVINR_V1` (name, wire kind,
+Each header field is declared once, in the element table :data:`DIVINR_ELEMENTS` (name, wire kind,
 place in the typed header, bounds, codes; see :mod:`divinr.compression.header`). The pixel-space
 INR baseline (HiNeRV recipe, ``kind = PIXEL_INR``) takes the elements its
 :class:`PixelINRHeader` has a place for, under format v2; its v1 streams carried the whole DiV-INR
@@ -64,8 +65,10 @@ if TYPE_CHECKING:
     from divinr.models.inr import INRConfig
     from divinr.models.nola import NOLAConfig
 
-FORMAT_VERSION = 1
-"""The format version DiV-INR streams are written in."""
+FORMAT_VERSION = 2
+"""The format version DiV-INR streams are written in (v2 added the display size)."""
+BLOCK = 16
+"""Coded sides are multiples of this: the VAE downsamples by 8 and the DiT patches latents by 2."""
 
 
 class CodecKind(enum.IntEnum):
@@ -137,7 +140,12 @@ class _TypedHeader:
 
 @dataclass(frozen=True)
 class StreamHeader(_TypedHeader):
-    """Typed header of a DiV-INR stream."""
+    """Typed header of a DiV-INR stream.
+
+    ``width`` x ``height`` is the coded size (multiples of :data:`BLOCK`, what the VAE and DiT
+    see); ``display_width`` x ``display_height`` is the conformance window the decoder crops to
+    (the input's size; 0 stands for the coded size, as in v1 streams, and is replaced by it).
+    """
 
     kind: CodecKind
     backbone: str
@@ -154,6 +162,13 @@ class StreamHeader(_TypedHeader):
     nola_layers: int
     sampler: SamplerConfig
     model_dtype: str = "float32"
+    display_width: int = 0
+    display_height: int = 0
+
+    def __post_init__(self) -> None:
+        for side in ("width", "height"):
+            if not getattr(self, f"display_{side}"):
+                object.__setattr__(self, f"display_{side}", getattr(self, side))
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -228,13 +243,29 @@ DIVINR_ELEMENTS: tuple[Element, ...] = (
     Element("sampler_order", U8, "sampler.solver_order", 1, 3),
 )
 _STAGE_LISTS = tuple(e.name for e in DIVINR_ELEMENTS if e.kind is LIST)
+_DISPLAY_ELEMENTS = (
+    Element("display_width", U16, "display_width", 1, MAX_SIDE),
+    Element("display_height", U16, "display_height", 1, MAX_SIDE),
+)
+_AFTER_GEOMETRY = [e.name for e in DIVINR_ELEMENTS].index("height") + 1
+DIVINR_V2_ELEMENTS = DIVINR_ELEMENTS[:_AFTER_GEOMETRY] + _DISPLAY_ELEMENTS + DIVINR_ELEMENTS[_AFTER_GEOMETRY:]
+"""Format v2: v1's elements with the display size after the coded size."""
 
 
 # -- cross-field rules --------------------------------------------------------------------------
 def _sides_rule(v: Mapping[str, HeaderValue]) -> str | None:
     for side in ("width", "height"):
-        if value_of(v, side, int) % 16:
-            return f"header {side} {v[side]} is not a multiple of 16"
+        if value_of(v, side, int) % BLOCK:
+            return f"header {side} {v[side]} is not a multiple of {BLOCK}"
+    return None
+
+
+def _display_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    """The display window fits the coded frame, and the padding is less than one block."""
+    for side in ("width", "height"):
+        coded, shown = value_of(v, side, int), value_of(v, f"display_{side}", int)
+        if not coded - BLOCK < shown <= coded:
+            return f"header display_{side} {shown} is not in {coded - BLOCK + 1}..{coded} (coded {side} {coded})"
     return None
 
 
@@ -274,10 +305,12 @@ def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
 
 
 # -- the schemas, keyed by (format version, codec kind) -----------------------------------------
-DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(
-    FORMAT_VERSION, DIVINR_ELEMENTS, StreamHeader, _config_types,
-    (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule),
-)  # fmt: skip
+_DIVINR_RULES = (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule)
+# v1 stays readable (its streams display the coded size); headers are written with v2.
+DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(1, DIVINR_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES)
+DIVINR_V2: HeaderSchema[StreamHeader] = HeaderSchema(
+    FORMAT_VERSION, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+)
 _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
 
@@ -307,11 +340,15 @@ PIXEL_INR_V1: HeaderSchema[PixelINRHeader] = HeaderSchema(
     1, (_PIXEL_KIND,) + tuple(e if _in_pixel_header(e) else replace(e, path=None) for e in DIVINR_ELEMENTS[1:]),
     PixelINRHeader, _config_types, (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _no_backbone_rule),
 )  # fmt: skip
-HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {s.key: s for s in (DIVINR_V1, PIXEL_INR_V1, PIXEL_INR_V2)}
+HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {
+    s.key: s for s in (DIVINR_V1, DIVINR_V2, PIXEL_INR_V1, PIXEL_INR_V2)
+}
 SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
 """What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
 SCHEMA_V1 = DIVINR_V1.elements
 """DiV-INR format v1's fields, for writing a container by hand (tests rewrite streams with it)."""
+SCHEMA_V2 = DIVINR_V2.elements
+"""DiV-INR format v2's fields (the ones DiV-INR streams are written with), for the same use."""
 
 
 def writer_schema(header_type: type) -> HeaderSchema[Any]:

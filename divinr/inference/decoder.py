@@ -219,6 +219,12 @@ def sample_gop(
     )
 
 
+def _real_frames(backbone: Backbone, z: torch.Tensor, span: GoPSpan, header: StreamHeader) -> torch.Tensor:
+    """The VAE decode of one GoP's latents ``z``: its real frames, cropped to the display window
+    (the encoder pads at the bottom and right), on CPU."""
+    return backbone.decode(z)[: span.num_real, :, : header.display_height, : header.display_width].cpu()
+
+
 def decode_gops(
     backbone: Backbone,
     stream: Bitstream,
@@ -236,7 +242,7 @@ def decode_gops(
 
     Yields:
         ``(index of its first frame, frames (n, 3, H, W) in [0, 1] on CPU, the GoP's latents)``
-        per GoP, in order; the frames are those of the range inside the GoP.
+        per GoP, in order; the frames are those of the range inside the GoP, at the display size.
     """
     header = stream.header
     start, stop = frame_range(header, frames)
@@ -248,7 +254,7 @@ def decode_gops(
             with torch.no_grad():  # per GoP, not across the yield: the caller's grad mode stays its own
                 y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
                 z0 = sample_gop(backbone, y, m, header.sampler, span.index, progress=bar.update)
-                video = backbone.decode(z0[0])[: span.num_real].cpu()
+                video = _real_frames(backbone, z0[0], span, header)
             first, last = max(start, span.start), min(stop, span.start + span.num_real)
             yield first, video[first - span.start : last - span.start], z0[0].cpu()
 
@@ -265,7 +271,7 @@ def reconstruct(
     """All frames of ``frames`` (default the whole stream) in one tensor (see :func:`decode_gops`)."""
     header = stream.header
     start, stop = frame_range(header, frames)
-    out = torch.empty((stop - start, 3, header.height, header.width), dtype=torch.float32)
+    out = torch.empty((stop - start, 3, header.display_height, header.display_width), dtype=torch.float32)
     latents = []
     for first, video, z0 in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=progress):
         out[first - start : first - start + video.shape[0]] = video
@@ -287,12 +293,12 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     check_decode_memory(header)
     inr = build_inr_from_stream(stream).to(device)
     spans = plan_gops(header.frames, header.gop_size)
-    frames = torch.empty((header.frames, 3, header.height, header.width), dtype=torch.float32)
+    frames = torch.empty((header.frames, 3, header.display_height, header.display_width), dtype=torch.float32)
     latents = []
     for span, f in zip(spans, latent_coordinates(spans)):
         y, _ = dit_conditioning(inr, f.to(device), ones_mask=True)
         latents.append(y[0].cpu())
-        frames[span.start : span.start + span.num_real] = backbone.decode(y[0])[: span.num_real].cpu()
+        frames[span.start : span.start + span.num_real] = _real_frames(backbone, y[0], span, header)
     return Decoded(frames, latents, float(header.fps))
 
 
