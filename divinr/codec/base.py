@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import abc
 import resource
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from divinr.compression.bitstream import Bitstream, CodecKind, Header, unpack
+from divinr.atomic import atomic_write_bytes
+from divinr.compression.bitstream import Bitstream, CodecKind, Header, bits_breakdown, unpack
 from divinr.data.video import Video
 from divinr.errors import BitstreamError
 from divinr.inference.decoder import Decoded
@@ -90,6 +92,32 @@ class Codec(abc.ABC):
         ``workdir`` makes training resumable, ``logger`` / ``callbacks`` are Lightning's, and
         ``bitstream_path`` receives the bytes (atomically) as soon as they exist.
         """
+
+    def _encoded(
+        self,
+        video: Video,
+        data: bytes,
+        header: Header,
+        history: list[dict[str, Any]],
+        *,
+        started: float,
+        bitstream_path: str | Path | None,
+        reconstruct: Callable[[bytes], Decoded] | None,
+    ) -> Encoded:
+        """What every ``encode`` returns: the bytes written to ``bitstream_path`` (atomically) as soon
+        as they exist, so a failure afterwards never loses the training, then measured and, with
+        ``reconstruct``, decoded and timed."""
+        if bitstream_path is not None:
+            atomic_write_bytes(bitstream_path, data)
+        encoded = Encoded(
+            data=data, header=header, bits=bits_breakdown(data), frames=video.num_frames, width=video.width,
+            height=video.height, history=history, encode_seconds=time.perf_counter() - started,
+        )
+        if reconstruct is not None:
+            start = time.perf_counter()
+            encoded.reconstruction = reconstruct(data)
+            encoded.decode_seconds = time.perf_counter() - start
+        return encoded
 
     @abc.abstractmethod
     def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:

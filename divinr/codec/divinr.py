@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
-from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
 from divinr.compression.bitstream import (
     BLOCK,
@@ -29,7 +29,6 @@ from divinr.compression.bitstream import (
     CodecKind,
     MaskMode,
     StreamHeader,
-    bits_breakdown,
     pack,
     writer_schema,
 )
@@ -45,6 +44,7 @@ from divinr.inference.decoder import (
     decode_stream,
     frame_range,
     prepare_stream,
+    reconstruct,
 )
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
 from divinr.models.inr import LatentINR, inr_config
@@ -228,54 +228,49 @@ class DiVINRCodec(Codec):
         callbacks: Sequence[L.Callback] = (),
         bitstream_path: str | Path | None = None,
     ) -> Encoded:
-        """Train (:meth:`train`) and code; the bitstream is written to ``bitstream_path``
-        (atomically) as soon as it exists, so a failure afterwards never loses the training."""
+        """Train (:meth:`train`) and code; ``reconstruct`` decodes with the training's own backbone."""
         start = time.perf_counter()
         trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
-        data = pack_module(trained.module, trained.header)
-        if bitstream_path is not None:
-            atomic_write_bytes(bitstream_path, data)
-        encoded = Encoded(
-            data=data, header=trained.header, bits=bits_breakdown(data), frames=video.num_frames,
-            width=video.width, height=video.height, history=trained.history,
-            encode_seconds=time.perf_counter() - start,
+        return self._encoded(
+            video, pack_module(trained.module, trained.header), trained.header, trained.history, started=start,
+            bitstream_path=bitstream_path, reconstruct=partial(self._reconstruct, trained) if reconstruct else None,
         )
-        if reconstruct:
-            # The decoder adapts the backbone as loaded; Lightning's teardown left it on the CPU.
-            backbone = trained.module.backbone
-            device = self.config.resolved_device() if self.config else resolve_device(self.device)
-            eject_nola(backbone.transformer)
-            backbone.transformer.to(device)
-            backbone.vae.to(device)
-            start = time.perf_counter()
-            encoded.reconstruction = decode_stream(
-                data, backbone, device=device, progress=self.progress, fingerprint=trained.header.backbone_fingerprint
-            )
-            encoded.decode_seconds = time.perf_counter() - start
-        return encoded
 
-    def _decoding_backbone(self, data: bytes, held_frames: int | None) -> tuple[Bitstream, Backbone]:
-        """Check the stream (memory budget included) before loading the backbone it names, fresh."""
+    def _reconstruct(self, trained: Trained, data: bytes) -> Decoded:
+        """The decoder's path on the encoder's backbone: the training adapters removed, the stream's
+        merged afresh (Lightning's teardown left the networks on the CPU)."""
+        backbone = trained.module.backbone
+        device = resolve_device(self.device)
+        eject_nola(backbone.transformer)
+        backbone.transformer.to(device)
+        backbone.vae.to(device)
+        return decode_stream(
+            data, backbone, device=device, progress=self.progress, fingerprint=trained.header.backbone_fingerprint
+        )
+
+    def _prepared(
+        self, data: bytes, frames: tuple[int, int] | None, *, hold: bool
+    ) -> tuple[Bitstream, Backbone, LatentINR, torch.device]:
+        """The stream, a fresh backbone with the stream's adapters merged, its INR and the device.
+
+        The memory budget is checked first, before the backbone is loaded: for the range's frames
+        when the decode holds them (``hold``), for one GoP when it streams.
+        """
         stream = self.stream(data)
-        check_decode_memory(stream.header, held_frames=held_frames)
-        target = resolve_device(self.device)
+        start, stop = frame_range(stream.header, frames)
+        check_decode_memory(stream.header, held_frames=stop - start if hold else 0)
+        device = resolve_device(self.device)
         dtype = getattr(torch, stream.header.model_dtype)  # a name the header's DiT-dtype codes allow
-        return stream, load_backbone(stream.header.backbone, path=self.backbone_path, dtype=dtype, device=target)
+        backbone = load_backbone(stream.header.backbone, path=self.backbone_path, dtype=dtype, device=device)
+        return stream, backbone, prepare_stream(stream, backbone), device
 
     def decompress(self, data: bytes, frames: tuple[int, int] | None = None) -> Decoded:
-        """Decode (the range ``frames`` of) a stream with the public backbone its header names.
-
-        The decoded video is checked against the memory budget
-        (:func:`divinr.inference.decoder.memory_budget`) before the backbone is loaded.
-        """
-        start, stop = frame_range(self.stream(data).header, frames)
-        _, backbone = self._decoding_backbone(data, held_frames=stop - start)
-        return decode_stream(data, backbone, frames=frames, device=resolve_device(self.device), progress=self.progress)
+        """Decode (the range ``frames`` of) a stream with the public backbone its header names."""
+        stream, backbone, inr, device = self._prepared(data, frames, hold=True)
+        return reconstruct(backbone, stream, inr, frames=frames, device=device, progress=self.progress)
 
     def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
         """Decode GoP by GoP, sampling only the GoPs that cover ``frames``."""
-        _, backbone = self._decoding_backbone(data, held_frames=0)
-        stream, inr = prepare_stream(data, backbone, held_frames=0)
-        device = resolve_device(self.device)
+        stream, backbone, inr, device = self._prepared(data, frames, hold=False)
         for _, video, _ in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=self.progress):
             yield video

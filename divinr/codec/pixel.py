@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
-from divinr.atomic import atomic_write_bytes
 from divinr.codec.base import Codec, Encoded
-from divinr.compression.bitstream import CodecKind, PixelINRHeader, bits_breakdown, pack
+from divinr.compression.bitstream import CodecKind, PixelINRHeader, pack
 from divinr.data.video import Video, fps_fraction
 from divinr.devices import resolve_device
 from divinr.errors import unknown_choice
@@ -101,19 +100,11 @@ class PixelINRCodec(Codec):
             logger=logger, enable_progress_bar=self.progress, workdir=workdir, callbacks=list(callbacks),
         )
         header = pixel_inr_header(video, config, bits=phases[-1].quant_bits)  # the width Quant-Noise trained at
-        data = pack(header, inr.state_dict(), {})
-        if bitstream_path is not None:
-            atomic_write_bytes(bitstream_path, data)
         rows = [dict(zip(history, values)) for values in zip(*history.values())]
-        encoded = Encoded(
-            data=data, header=header, bits=bits_breakdown(data), frames=video.num_frames, width=video.width,
-            height=video.height, history=rows, encode_seconds=time.perf_counter() - start,
+        return self._encoded(
+            video, pack(header, inr.state_dict(), {}), header, rows, started=start, bitstream_path=bitstream_path,
+            reconstruct=self.decompress if reconstruct else None,
         )
-        if reconstruct:
-            start = time.perf_counter()
-            encoded.reconstruction = self.decompress(data)
-            encoded.decode_seconds = time.perf_counter() - start
-        return encoded
 
     def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[Tensor]:
         """Evaluate the dequantised INR at the frames of the range, a few at a time."""

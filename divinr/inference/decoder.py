@@ -279,6 +279,13 @@ def reconstruct(
     return Decoded(out, latents, float(header.fps))
 
 
+def _require_latent_conditioning(header: Header) -> None:
+    if header.kind != CodecKind.DIVINR:
+        raise BitstreamError(
+            f"a {header.kind.name} stream carries no latent conditioning; decode it with divinr.codec.decompress"
+        )
+
+
 @torch.no_grad()
 def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.device | str = "cpu") -> Decoded:
     """Decode a DiV-INR stream's conditioning ``y`` straight through the VAE, without diffusion.
@@ -288,8 +295,7 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     what the diffusion model adds to the INR's own prediction.
     """
     header = stream.header
-    if header.kind != CodecKind.DIVINR:
-        raise BitstreamError("only DiV-INR streams carry latent conditioning")
+    _require_latent_conditioning(header)
     check_decode_memory(header)
     inr = build_inr_from_stream(stream).to(device)
     spans = plan_gops(header.frames, header.gop_size)
@@ -302,22 +308,15 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     return Decoded(frames, latents, float(header.fps))
 
 
-def prepare_stream(
-    data: bytes, backbone: Backbone, *, held_frames: int | None, fingerprint: bytes | None = None
-) -> tuple[Bitstream, LatentINR]:
-    """Every check a DiV-INR decode needs, then the adapters merged into ``backbone`` (freshly
-    loaded, no adapters): the stream and its INR, ready for :func:`decode_gops`."""
-    stream = unpack(data)
-    if stream.header.kind != CodecKind.DIVINR:
-        raise BitstreamError(
-            f"a {stream.header.kind.name} stream carries no latent conditioning; decode it with divinr.codec.decompress"
-        )
-    check_decode_memory(stream.header, held_frames=held_frames)
+def prepare_stream(stream: Bitstream, backbone: Backbone, fingerprint: bytes | None = None) -> LatentINR:
+    """The stream's INR, after every check against ``backbone`` (freshly loaded, no adapters) and
+    with the stream's adapters merged into it: ready for :func:`decode_gops`. The caller has
+    checked the memory budget (:func:`check_decode_memory`), before loading the backbone."""
     inr = build_inr_from_stream(stream)
     check_backbone(backbone, stream, fingerprint)
     check_capacity(backbone, stream.header)
     install_adapters(backbone, stream)
-    return stream, inr
+    return inr
 
 
 def decode_stream(
@@ -330,7 +329,9 @@ def decode_stream(
     fingerprint: bytes | None = None,
 ) -> Decoded:
     """Decode a DiV-INR bitstream (or the range ``frames`` of it); ``backbone`` freshly loaded."""
-    header = unpack(data).header
-    start, stop = frame_range(header, frames)
-    stream, inr = prepare_stream(data, backbone, held_frames=stop - start, fingerprint=fingerprint)
+    stream = unpack(data)
+    _require_latent_conditioning(stream.header)
+    start, stop = frame_range(stream.header, frames)
+    check_decode_memory(stream.header, held_frames=stop - start)
+    inr = prepare_stream(stream, backbone, fingerprint)
     return reconstruct(backbone, stream, inr, frames=frames, device=device, progress=progress)
