@@ -21,6 +21,7 @@ It also holds what both need to name a point and read its frames, so neither imp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -112,13 +113,32 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_settings(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring environment-only keys."""
+    """Keys whose values differ between two resolved configs, ignoring environment-only keys.
+
+    A setting the stored config lacks is unchanged where the current one holds the schema's
+    default: a point made before divinr gained that setting was made with its default behaviour.
+    """
     old, new = _flatten(stored), _flatten(current)
+    defaults = _schema_defaults()
 
     def relevant(key: str) -> bool:
         return not any(key == k or key.startswith(f"{k}.") for k in ENVIRONMENT_KEYS)
 
-    return sorted(k for k in set(old) | set(new) if relevant(k) and old.get(k) != new.get(k))
+    def changed(key: str) -> bool:
+        if key not in old and key in defaults:
+            return new.get(key) != defaults[key]
+        return old.get(key) != new.get(key)
+
+    return sorted(k for k in set(old) | set(new) if relevant(k) and changed(k))
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    """The root schema's own defaults, flattened (interpolations left out: they have no value alone)."""
+    from experiments.schema import DivinrConfig
+
+    flat = _flatten(OmegaConf.to_container(OmegaConf.structured(DivinrConfig), resolve=False))
+    return {k: v for k, v in flat.items() if not (isinstance(v, str) and "${" in v)}
 
 
 def score_fields(cfg: DictConfig, scores: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -59,10 +59,11 @@ def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
 
 
 def sweep_values(params: DictConfig) -> dict[str, list[str]]:
-    """Hydra's own parser expands each ``hydra.sweeper.params`` entry into its values."""
+    """Hydra's own parser expands each ``hydra.sweeper.params`` entry into its values (a single
+    value is a one-point sweep, as Hydra's basic sweeper runs it)."""
     parser = OverridesParser.create()
     parsed = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
-    return {o.key_or_group: [str(v) for v in o.sweep_iterator()] for o in parsed}
+    return {o.key_or_group: [str(v) for v in o.sweep_iterator()] if o.is_sweep_override() else [str(o.value())] for o in parsed}
 
 
 # ---------------------------------------------------------------------------- composition
@@ -370,3 +371,15 @@ def test_submitit_local_multirun(tmp_path: Path) -> None:
     assert all(r.status == "ok" for r in results.values())
     assert (tmp_path / "out" / "demo" / "rd" / "rd_clip.png").is_file()
     assert list((tmp_path / "out" / "demo" / "_hydra").glob("multirun-*/.submitit"))
+
+
+def test_a_setting_added_after_a_point_was_made_counts_as_unchanged_only_at_its_default() -> None:
+    from experiments.points import changed_settings
+
+    before = {"inr": {"preset": "xs", "overrides": {}}, "nola": {"num_bases": 500}}
+    assert changed_settings(before, {"inr": {"preset": "xs", "overrides": {}, "target_bpp": None}, "nola": {"num_bases": 500}}) == []
+    assert changed_settings(before, {"inr": {"preset": "xs", "overrides": {}, "target_bpp": 0.1}, "nola": {"num_bases": 500}}) == [
+        "inr.target_bpp"
+    ]
+    # a setting the stored point had and the current config dropped is still a change
+    assert changed_settings({"inr": {"preset": "xs", "target_bpp": 0.1}}, {"inr": {"preset": "xs"}}) == ["inr.target_bpp"]
