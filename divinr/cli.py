@@ -55,14 +55,19 @@ def _frame_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-def _gibibytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of GiB like 8 or 0.5, got {text!r}")
-    return value
+def _positive(what: str) -> Callable[[str], float]:
+    """An argparse type for a positive finite number; ``what`` says what it counts, e.g. "GiB like 8"."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a positive number of {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 class LibraryDefaultsParser(argparse.ArgumentParser):
@@ -101,6 +106,7 @@ def encode_defaults() -> dict[str, Any]:
     return {
         "backbone_path": EncoderConfig.backbone_path,
         "inr_size": EncoderConfig.inr,
+        "target_bpp": EncoderConfig.target_bpp,
         # as the flags are typed (argparse parses string defaults with the flag's type), so --help
         # shows 300,120,60 and 1024x576
         "epochs": ",".join(str(phases[n].default) for n in ("dense_epochs", "prune_epochs", "quant_epochs")),
@@ -140,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone-path",
         help="the backbone's weights: a local diffusers folder, an original Wan / VideoX-Fun folder, or a Hub id",
     )
-    enc.add_argument("--inr-size", help="INR size preset (xxs, xs, s, m, l, xl; default %(default)s)")
+    size = enc.add_mutually_exclusive_group()
+    size.add_argument("--inr-size", help="INR size preset (xxs, xs, s, m, l, xl; default %(default)s)")
+    size.add_argument(
+        "--target-bpp", type=_positive("bits per pixel like 0.05"),
+        help="size the INR for this rate before training (a preset or a width between presets) instead of --inr-size",
+    )
     enc.add_argument("--epochs", type=_epochs, help="DENSE,PRUNE,QUANT epochs (default %(default)s)")
     enc.add_argument("--resolution", type=_resolution, help="coding resolution WxH (default %(default)s)")
     enc.add_argument("--frames", type=int, help="code at most N frames")
@@ -176,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dec.add_argument(
         "--max-memory",
-        type=_gibibytes,
+        type=_positive("GiB like 8 or 0.5"),
         metavar="GIB",
         help="refuse streams whose decoded video needs more memory than this (default %(default)g GiB)",
     )
@@ -307,6 +318,7 @@ def _encode(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         backbone_path=args.backbone_path,
         inr=args.inr_size,
+        target_bpp=args.target_bpp,
         nola=NOLAConfig(num_bases=args.nola_bases, seed=args.seed),
         phases=paper_phases(*args.epochs),
         sampler=SamplerConfig(steps=args.steps, noise_seed=args.seed),
@@ -322,8 +334,9 @@ def _encode(args: argparse.Namespace) -> int:
     )
     if result.reconstruction is not None:
         write_video(args.recon, result.reconstruction.frames, video.fps)
+    target = "" if result.predicted_bpp is None else f" (target {args.target_bpp:g}, predicted {result.predicted_bpp:.5f})"
     print(
-        f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp "
+        f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp{target} "
         f"(inr {result.bits['inr']} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )

@@ -113,6 +113,7 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         gradient_checkpointing=cfg.backbone.gradient_checkpointing,
         inr=cfg.inr.preset,
         inr_overrides=overrides,
+        target_bpp=cfg.inr.target_bpp,
         nola=NOLAConfig(**OmegaConf.to_container(cfg.nola, resolve=True)),
         phases=training_phases(training),
         loss=LossConfig(**library_kwargs(LossConfig, training)),
@@ -246,6 +247,8 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
             "resolved": resolved,
             **({"checks": checks, "decode_seconds_in_encoder": encoded.decode_seconds} if checks else {}),
             "final_losses": encoded.history[-1] if encoded.history else {},
+            **({"predicted_bpp": encoded.predicted_bpp, "inr": encoded.header.inr.to_dict()}
+               if encoded.predicted_bpp is not None else {}),
             **extra,
         },
     )

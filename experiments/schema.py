@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from divinr.anchors import CODECS
 from divinr.codec import load_clip
@@ -101,8 +101,11 @@ BackboneConf = schema(
 )
 INRConf = schema(
     "INRConf",
-    """``inr_config(preset, **overrides)``; overrides are INRConfig fields (checked by the library).""",
-    library_fields(EncoderConfig, ("inr", "inr_overrides"), rename={"inr": "preset", "inr_overrides": "overrides"}),
+    """``inr_config(preset, **overrides)``; overrides are INRConfig fields (checked by the library).
+    ``target_bpp`` sizes the INR for that rate instead of ``preset`` (``divinr.rate_control``).""",
+    library_fields(
+        EncoderConfig, ("inr", "inr_overrides", "target_bpp"), rename={"inr": "preset", "inr_overrides": "overrides"}
+    ),
 )
 NOLAConf = schema(
     "NOLAConf",
@@ -191,7 +194,8 @@ class DivinrConfig:
 
     The point's folder is ``results_root/exp_name/<dataset or clip>/<sequence>/rate_point``;
     ``rate_point`` must name everything that differs between the points of a sweep (an
-    ablation adds tags such as ``-b500``), ``codec`` names the RD curve the point belongs to.
+    ablation adds tags such as ``-b500``; ``${inr_size:}`` is the INR preset, or ``bpp<target>``
+    with ``inr.target_bpp`` set), ``codec`` names the RD curve the point belongs to.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
     (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
@@ -201,7 +205,7 @@ class DivinrConfig:
 
     exp_name: str = "default"
     results_root: str = "results"
-    rate_point: str = "${inr.preset}"
+    rate_point: str = "${inr_size:}"
     codec: str = "divinr"
     label: str | None = None
     force: bool = False
@@ -231,6 +235,12 @@ def constructor_defaults(cls: type) -> dict[str, Any]:
     }
 
 
+def inr_size(*, _root_: DictConfig) -> str:
+    """How a point's INR size is named: its preset, or ``bpp0.01`` when a target rate sizes it."""
+    target = _root_.inr.target_bpp
+    return _root_.inr.preset if target is None else f"bpp{target:g}"
+
+
 def register_configs() -> None:
     """Store the root schema and each reference codec's constructor defaults in Hydra's ConfigStore.
 
@@ -238,6 +248,7 @@ def register_configs() -> None:
     ``anchor/<name>_defaults`` is what ``anchor/<name>.yaml`` starts from. Called by the entry
     points before composing, never on import. Idempotent: storing a node again replaces it.
     """
+    OmegaConf.register_new_resolver("inr_size", inr_size, replace=True)
     store = ConfigStore.instance()
     store.store(name="divinr_schema", node=DivinrConfig)
     for name, cls in CODECS.items():

@@ -173,6 +173,7 @@ def test_cli_defaults_are_the_library_defaults() -> None:
         "backbone": encoder.backbone,
         "backbone_path": encoder.backbone_path,
         "inr_size": encoder.inr,
+        "target_bpp": encoder.target_bpp,
         "epochs": (dense.epochs, prune.epochs, quant.epochs),
         "resolution": (_defaults(sequence_source)["width"], _defaults(sequence_source)["height"]),
         "frames": clip["max_frames"],

@@ -42,7 +42,8 @@ class Encoded:
     once, from the file, by :meth:`Codec.decompress`. ``peak_memory_bytes`` is the process's
     peak when the bitstream was made, i.e. of training (before any reconstruction).
     ``width`` x ``height`` is the input's (display) size, whose pixels bpp counts, not the
-    coded size the encoder pads to.
+    coded size the encoder pads to. ``predicted_bpp`` is the rate model's prediction when the
+    encoder was given a target rate (:mod:`divinr.rate_control`).
     """
 
     data: bytes
@@ -56,6 +57,7 @@ class Encoded:
     peak_memory_bytes: dict[str, int] = field(default_factory=peak_memory)
     reconstruction: Decoded | None = None
     decode_seconds: float | None = None
+    predicted_bpp: float | None = None
 
     @property
     def bpp(self) -> float:

@@ -47,8 +47,9 @@ from divinr.inference.decoder import (
     reconstruct,
 )
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
-from divinr.models.inr import LatentINR, inr_config
+from divinr.models.inr import LatentINR, planned_inr
 from divinr.models.nola import eject_nola, nola_state_dict
+from divinr.rate_control import SizeChoice, adapter_shapes, shipped_rate_model, size_for_target
 
 if TYPE_CHECKING:
     import lightning as L
@@ -114,7 +115,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         height=height,
         fps=fps_fraction(video.fps),
         gop_size=config.gop_size,
-        inr=inr_config(config.inr, num_latent_frames=num_latent, **config.inr_overrides),
+        inr=planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8)),
         mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
         quant_bits=config.quant_bits,
         nola=config.nola,
@@ -149,6 +150,7 @@ class Trained(NamedTuple):
     module: DiVINRModule
     header: StreamHeader
     history: list[dict[str, float]]
+    size: SizeChoice | None = None
 
 
 class DiVINRCodec(Codec):
@@ -211,12 +213,24 @@ class DiVINRCodec(Codec):
             )
             fingerprint = backbone_fingerprint(backbone)
             adapted = backbone.adapt(config.nola)
+            size = None
+            if config.target_bpp is not None:
+                config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)))
             module, history = train_codec(
                 video, config, header, backbone, fingerprint, workdir=workdir, logger=logger, callbacks=callbacks,
                 progress=self.progress,
             )
         header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(adapted))
-        return Trained(module.inr.eval(), module, header, history)
+        return Trained(module.inr.eval(), module, header, history, size)
+
+    def _sized(self, config: EncoderConfig, header: StreamHeader) -> tuple[EncoderConfig, StreamHeader, SizeChoice]:
+        """``config`` and its header with the INR the rate model sizes for ``config.target_bpp``."""
+        model = shipped_rate_model()
+        model.check_applies(config.quant_bits, config.pruned_fraction())
+        size = size_for_target(config.target_bpp, header, adapter_shapes(header), model=model, overrides=config.inr_overrides)
+        if self.progress:
+            print(f"target {config.target_bpp:g} bpp: {size.describe()}")
+        return replace(config, inr=size.preset, inr_overrides=size.overrides), replace(header, inr=size.config), size
 
     def encode(
         self,
@@ -231,10 +245,13 @@ class DiVINRCodec(Codec):
         """Train (:meth:`train`) and code; ``reconstruct`` decodes with the training's own backbone."""
         start = time.perf_counter()
         trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
-        return self._encoded(
+        encoded = self._encoded(
             video, pack_module(trained.module, trained.header), trained.header, trained.history, started=start,
             bitstream_path=bitstream_path, reconstruct=partial(self._reconstruct, trained) if reconstruct else None,
         )
+        if trained.size is not None:
+            encoded.predicted_bpp = trained.size.estimate.bpp
+        return encoded
 
     def _reconstruct(self, trained: Trained, data: bytes) -> Decoded:
         """The decoder's path on the encoder's backbone: the training adapters removed, the stream's

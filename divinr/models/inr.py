@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -394,6 +395,29 @@ def inr_config(preset: str, num_latent_frames: int | None = None, **overrides: A
     if unknown:
         raise PresetError(f"unknown INR config fields {sorted(unknown)}; check the override names")
     return dataclasses.replace(config, **overrides)
+
+
+def fit_strides(config: INRConfig, output_size: tuple[int, int]) -> INRConfig:
+    """``config`` with its first strides set to 1 until the total stride fits ``output_size``.
+
+    Every preset upsamples by 8, more than a latent of frames under 64 px has cells; keeping the
+    later (finer) upsamplings keeps the most of the architecture.
+    """
+    strides = list(config.strides)
+    for i in range(len(strides)):
+        if math.prod(strides) <= min(output_size):
+            break
+        strides[i] = 1
+    return dataclasses.replace(config, strides=tuple(strides))
+
+
+def planned_inr(
+    preset: str, overrides: Mapping[str, Any], num_latent_frames: int, latent_size: tuple[int, int]
+) -> INRConfig:
+    """The INR a sequence is coded with: the preset for its length, with ``overrides``; unless the
+    overrides set strides, the strides are fitted to the latent (:func:`fit_strides`)."""
+    config = inr_config(preset, num_latent_frames=num_latent_frames, **overrides)
+    return config if "strides" in overrides else fit_strides(config, latent_size)
 
 
 class LatentINR(nn.Module):

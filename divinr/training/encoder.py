@@ -38,14 +38,17 @@ from divinr.training.trainer import build_trainer, default_precision, fit
 class EncoderConfig:
     """Everything the encoder needs besides the video (mirrored by the Hydra config groups).
 
-    ``device="auto"`` picks CUDA when present; ``precision="auto"`` is bf16 mixed precision
-    with a bf16 DiT on GPU (the paper's set-up) and float32 on CPU.
+    ``target_bpp`` sizes the INR for that rate before training (:mod:`divinr.rate_control`),
+    replacing ``inr``; ``inr_overrides`` still apply. ``device="auto"`` picks CUDA when present;
+    ``precision="auto"`` is bf16 mixed precision with a bf16 DiT on GPU (the paper's set-up) and
+    float32 on CPU.
     """
 
     backbone: str = "tiny"
     backbone_path: str | None = None
     inr: str = "xxs"
     inr_overrides: dict[str, Any] = field(default_factory=dict)
+    target_bpp: float | None = None
     nola: NOLAConfig = field(default_factory=NOLAConfig)
     phases: list[Phase] = field(default_factory=paper_phases)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -64,6 +67,8 @@ class EncoderConfig:
             raise PresetError("the first (dense) training phase needs at least one epoch; an untrained stream codes nothing")
         if self.mask_mode not in ("learned", "ones"):
             raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
+        if self.target_bpp is not None and not self.target_bpp > 0:
+            raise PresetError(f"target_bpp must be a positive rate (or None to size the INR by preset), got {self.target_bpp}")
         if not 0 <= self.seed < 2**32:
             raise PresetError(f"seed must be in 0..2^32-1, got {self.seed}")
         if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "bf16-true"):
@@ -80,6 +85,10 @@ class EncoderConfig:
             self.nola, basis_variance=_float32(self.nola.basis_variance), scaling=_float32(self.nola.scaling)
         )
         self.sampler = replace(self.sampler, flow_shift=_float32(self.sampler.flow_shift))
+
+    def pruned_fraction(self) -> float:
+        """Fraction of INR decoder weights the schedule prunes (its first pruning phase decides)."""
+        return next((p.prune_fraction for p in self.phases if p.prune_fraction > 0), 0.0)
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)
