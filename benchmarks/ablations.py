@@ -1,0 +1,227 @@
+"""The paper's ablations (Sec. 4.3) on the ``mini`` backbone: one command, one results table.
+
+Each curve is a Hydra experiment of ``experiments/conf/exp`` run unchanged except for what makes
+it a small CPU run (the ``mini`` backbone, a short real clip, a shortened schedule), point by
+point through ``experiments.run``, so finished points are skipped and an interrupted run
+resumes. The INR curves are specified in bpp (``inr.target_bpp``: the rate model sizes each
+INR), so every curve spans the same rates as the reference; the keyframe curve sweeps the JPEG
+quality instead. Then, per clip, BD-PSNR and BD-MS-SSIM of each curve against the default
+DiV-INR (positive: better than the default), and a Markdown table, a CSV of every point and
+RD figures::
+
+    OUT/runs/<exp>/clip/<clip>/<rate point>/results.json    every point (experiments.run)
+    OUT/ablations.md, ablations.csv, ablations.json          the table and every point
+    OUT/rd_<clip>.png                                        PSNR / MS-SSIM against bpp
+
+Not a timed test: the default run codes about 50 points, an hour or more on 2 cores.
+
+    python -m benchmarks.ablations --out benchmarks/results/ablations-mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+
+from divinr.atomic import atomic_write_text
+from divinr.errors import EXIT_USER_ERROR, DivinrError
+from divinr.metrics.bd import bd_metric
+from divinr.metrics.names import REPORTED_METRICS
+from divinr.reporting import plot_rd_curves, sequence_curves
+from divinr.results import RunResult
+from experiments.run import run
+from experiments.schema import register_configs
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "conf"
+REFERENCE = "divinr"
+BD_METRICS = ("psnr", "ms_ssim")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One RD curve: an experiment, the overrides that pick its variant, and its rate axis.
+
+    ``axis`` is the override swept along the curve (``inr.target_bpp``: the clip's targets).
+    """
+
+    codec: str
+    title: str
+    exp: str | None
+    overrides: tuple[str, ...] = ()
+    axis: str = "inr.target_bpp"
+    values: tuple[float, ...] | None = None
+
+
+ABLATIONS = (
+    Ablation(REFERENCE, "DiV-INR (default: learned M, NOLA b = 500, rank 64)", None, ("exp_name=ablation_reference",)),
+    Ablation("divinr-mask1", "mask M fixed to 1", "ablation_mask"),
+    Ablation("divinr-b0", "no adapters (b = 0)", "ablation_peft_size", ("nola.num_bases=0",)),
+    Ablation("divinr-b100", "NOLA b = 100", "ablation_peft_size", ("nola.num_bases=100",)),
+    Ablation("divinr-b1000", "NOLA b = 1000", "ablation_peft_size", ("nola.num_bases=1000",)),
+    Ablation("divinr-r16", "NOLA rank 16 (b = 500)", "ablation_peft_rank", ("nola.rank=16",)),
+    Ablation("divinr-lora", "peft LoRA, matched bits", "ablation_adapter", ("nola.adapter=lora",)),
+    Ablation("divinr-vera", "peft VeRA, matched bits", "ablation_adapter", ("nola.adapter=vera",)),
+    Ablation("divinr-jpeg", "JPEG keyframes instead of the INR", "ablation_keyframes", (), "keyframe_quality",
+             (10.0, 30.0, 60.0, 90.0)),
+)  # fmt: skip
+
+# clip -> (width, height, target bpp of the INR curves). One 25-frame GoP; MS-SSIM needs 161+ px
+# a side, so carphone (176x144, held out of mini's pretraining) is upscaled slightly.
+CLIPS = {"bikes": (256, 176, (0.1, 0.16, 0.25)), "carphone": (216, 176, (0.12, 0.19, 0.3))}
+
+
+def small_run(out: Path, clip: str, frames: int, epochs: Sequence[int]) -> list[str]:
+    """What turns a paper experiment into a small CPU run on ``mini``."""
+    width, height, _ = CLIPS[clip]
+    dense, prune, quant = epochs
+    return [
+        "backbone=mini", "data=clip", f"data.clip={clip}", f"data.width={width}", f"data.height={height}",
+        f"data.max_frames={frames}", f"training.dense_epochs={dense}", f"training.prune_epochs={prune}",
+        f"training.quant_epochs={quant}", "training.device=cpu", "logger=none", "progress=false",
+        f"results_root={out / 'runs'}", f"metrics=[{','.join(REPORTED_METRICS)}]",
+    ]  # fmt: skip
+
+
+def run_curve(ablation: Ablation, clip: str, common: list[str]) -> list[RunResult]:
+    """Code (or skip) every point of one curve on one clip."""
+    values = ablation.values if ablation.values is not None else CLIPS[clip][2]
+    results = []
+    for value in values:
+        overrides = [*([f"+exp={ablation.exp}"] if ablation.exp else []), *ablation.overrides, *common,
+                     f"{ablation.axis}={value:g}", f"codec={ablation.codec}"]  # fmt: skip
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        result = run(cfg)
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def bd_rows(results: list[RunResult]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """clip -> codec -> metric -> BD metric against the reference curve (None: no overlap or no values)."""
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for metric in BD_METRICS:
+        curves = sequence_curves(results, metric)
+        for (_, codec, clip), curve in curves.items():
+            reference = curves.get(("clip", REFERENCE, clip), [])
+            if codec == REFERENCE:
+                continue
+            gap = math.nan
+            if len(curve) >= 2 and len(reference) >= 2:
+                with warnings.catch_warnings():  # partial overlap is reported as is, not refused
+                    warnings.simplefilter("ignore")
+                    gap = bd_metric(*zip(*reference), *zip(*curve), "pchip", min_overlap=0.0)
+            table.setdefault(clip, {}).setdefault(codec, {})[metric] = None if math.isnan(gap) else round(gap, 3)
+    return table
+
+
+def skipped_metrics(results: list[RunResult]) -> dict[str, str]:
+    """Metrics no point could compute, with the recorded reason (missing weights)."""
+    reasons: dict[str, str] = {}
+    for result in results:
+        reasons.update(result.skipped_metrics)
+    computed = {m for r in results for m, v in r.metrics.items() if v is not None}
+    return {m: reason for m, reason in reasons.items() if m not in computed}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    titles = {a.codec: a.title for a in ABLATIONS}
+    skipped = report["skipped_metrics"]
+    head = ["ablation", *(f"BD-{m.upper().replace('_', '-')} {c}" for c in report["clips"] for m in BD_METRICS)]
+    head += [f"BD-{m.upper()}" for m in REPORTED_METRICS if m in skipped]
+    lines = [
+        "# Ablations on the `mini` backbone", "",
+        f"`{report['command']}`", "",
+        f"Each clip: {report['frames']} frames; schedule {'/'.join(map(str, report['epochs']))} epochs. "
+        "BD against the default DiV-INR curve, positive = better than the default "
+        "(pchip on log bpp, over the overlap of the two curves; — = no overlap).", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]  # fmt: skip
+    for codec in (a.codec for a in ABLATIONS if a.codec != REFERENCE):
+        cells = [titles[codec]]
+        for clip in report["clips"]:
+            for metric in BD_METRICS:
+                value = report["bd"].get(clip, {}).get(codec, {}).get(metric)
+                cells.append("—" if value is None else f"{value:+.3f}")
+        cells += ["skipped" for m in REPORTED_METRICS if m in skipped]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Skipped metrics: " + ("; ".join(f"{m}: {r}" for m, r in skipped.items()) or "none"), ""]
+    lines += ["## Points", "", "| clip | ablation | rate point | bpp | INR / adapter / keyframe+header bits | PSNR | MS-SSIM |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in report["points"]:
+        bits = p["bits"]
+        other = bits["total"] - bits.get("inr", 0) - bits.get("nola", 0)
+        lines.append(
+            f"| {p['clip']} | {titles.get(p['codec'], p['codec'])} | {p['rate_point']} | {p['bpp']:.4f} | "
+            f"{bits.get('inr', 0):,} / {bits.get('nola', 0):,} / {other:,} | {_number(p['psnr'], 2)} | "
+            f"{_number(p['ms_ssim'], 4)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _point(result: RunResult) -> dict[str, Any]:
+    return {
+        "clip": result.sequence, "codec": result.codec, "rate_point": result.rate_point, "bpp": result.bpp,
+        "bits": result.bits, **{m: result.metrics.get(m) for m in REPORTED_METRICS},
+        "encode_seconds": result.encode_seconds, "decode_seconds": result.decode_seconds,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablations-mini"))
+    parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    parser.add_argument("--only", nargs="+", choices=[a.codec for a in ABLATIONS], help="run these curves only")
+    parser.add_argument("--frames", type=int, default=25)
+    parser.add_argument("--epochs", type=lambda t: [int(x) for x in t.split(",")], default=[60, 24, 12])
+    args = parser.parse_args(argv)
+    register_configs()
+    out = args.out.resolve()
+    chosen = [a for a in ABLATIONS if args.only is None or a.codec in args.only or a.codec == REFERENCE]
+    results: list[RunResult] = []
+    try:
+        for clip in args.clips:
+            common = small_run(out, clip, args.frames, args.epochs)
+            for ablation in chosen:
+                results += [r for r in run_curve(ablation, clip, common) if r.status == "ok"]
+    except DivinrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    report = {
+        "command": "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
+        "clips": args.clips, "frames": args.frames, "epochs": args.epochs,
+        "bd": bd_rows(results), "skipped_metrics": skipped_metrics(results), "points": [_point(r) for r in results],
+    }  # fmt: skip
+    atomic_write_text(out / "ablations.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "ablations.md", markdown(report))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, ["clip", "codec", "rate_point", "bpp", "bits", *REPORTED_METRICS,
+                                    "encode_seconds", "decode_seconds"])  # fmt: skip
+    writer.writeheader()
+    writer.writerows({**p, "bits": json.dumps(p["bits"])} for p in report["points"])
+    atomic_write_text(out / "ablations.csv", table.getvalue())
+    for clip in args.clips:
+        figures = plot_rd_curves([r for r in results if r.sequence == clip], out / f"rd_{clip}", BD_METRICS, ("png",),
+                                 log_x=True)  # fmt: skip
+        print(*figures, sep="\n")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
