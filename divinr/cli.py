@@ -117,6 +117,7 @@ def encode_defaults() -> dict[str, Any]:
         "steps": SamplerConfig.steps,
         "gop": EncoderConfig.gop_size,
         "nola_bases": NOLAConfig.num_bases,
+        "adapter": EncoderConfig.adapter,
         "device": EncoderConfig.device,
         "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
     }
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=LibraryDefaultsParser)
 
     enc = sub.add_parser(
-        "encode", help="train INR + NOLA on a video and write the bitstream", library_defaults=encode_defaults
+        "encode", help="train INR + adapters on a video and write the bitstream", library_defaults=encode_defaults
     )
     enc.add_argument("input", help="video file: .yuv (give --input-size), .y4m, or any container PyAV reads")
     enc.add_argument("-o", "--output", required=True, help="bitstream to write (.dvr)")
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--steps", type=int, help="UniPC sampling steps at the decoder (default %(default)s)")
     enc.add_argument("--gop", type=int, help="GoP length (1+4k frames; default %(default)s)")
     enc.add_argument("--nola-bases", type=int, help="NOLA bases per factor (0 disables adapters; default %(default)s)")
+    enc.add_argument("--adapter", help="adapter family: nola (the paper's), or peft's lora or vera (default %(default)s)")
+    enc.add_argument("--adapter-rank", type=int, help="rank of the chosen adapter (default: the family's own)")
     enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
         "--gradient-checkpointing",
@@ -252,8 +255,12 @@ def _remove_if_empty(folders: list[Path]) -> None:
 def _check_encode_flags(args: argparse.Namespace) -> None:
     """Check the encode flags' values up front, so an error names the flag rather than the API argument behind it."""
     from divinr.compression.bitstream import MAX_SAMPLER_STEPS
-    from divinr.models.nola import MAX_NUM_BASES
+    from divinr.models.adapters import ADAPTERS, MAX_LORA_RANK, MAX_VERA_RANK
+    from divinr.models.nola import MAX_NUM_BASES, MAX_RANK
 
+    if args.adapter not in ADAPTERS:
+        raise DivinrError(f"--adapter {args.adapter}: expected one of {', '.join(ADAPTERS)}")
+    max_rank = {"nola": MAX_RANK, "lora": MAX_LORA_RANK, "vera": MAX_VERA_RANK}[args.adapter]
     fps_ok = args.fps is None or (math.isfinite(args.fps) and args.fps > 0)
     checks = (
         ("--frames", args.frames, args.frames is None or args.frames >= 1, "a number of frames >= 1"),
@@ -262,6 +269,8 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
         ("--steps", args.steps, 1 <= args.steps <= MAX_SAMPLER_STEPS, f"a step count in 1..{MAX_SAMPLER_STEPS}"),
         ("--gop", args.gop, args.gop >= 1 and args.gop % 4 == 1, "1 + 4k frames, e.g. 17, 25 or 33"),
         ("--nola-bases", args.nola_bases, 0 <= args.nola_bases <= MAX_NUM_BASES, f"0..{MAX_NUM_BASES} (0 disables NOLA)"),
+        ("--adapter-rank", args.adapter_rank, args.adapter_rank is None or 1 <= args.adapter_rank <= max_rank,
+         f"a {args.adapter} rank in 1..{max_rank}"),
         ("--bit-depth", args.bit_depth, args.bit_depth in (8, 10), "8 or 10"),
         ("--fps", args.fps, fps_ok, "a positive frame rate"),
     )
@@ -297,6 +306,7 @@ def _encode(args: argparse.Namespace) -> int:
     from divinr.codec import DiVINRCodec, load_clip
     from divinr.data.video import WRITE_SUFFIXES, write_video
     from divinr.inference.sampler import SamplerConfig
+    from divinr.models.adapters import LoRAConfig, VeRAConfig
     from divinr.models.nola import NOLAConfig
     from divinr.training.encoder import EncoderConfig
     from divinr.training.stages import paper_phases
@@ -314,12 +324,19 @@ def _encode(args: argparse.Namespace) -> int:
         args.input, width=width, height=height, max_frames=args.frames, start=args.start,
         input_size=args.input_size, **read_kwargs,
     )
+    # --adapter-rank sets the chosen family's rank; the others keep their defaults (unused anyway).
+    def rank(family: str) -> dict[str, int]:
+        return {"rank": args.adapter_rank} if family == args.adapter and args.adapter_rank is not None else {}
+
     config = EncoderConfig(
         backbone=args.backbone,
         backbone_path=args.backbone_path,
         inr=args.inr_size,
         target_bpp=args.target_bpp,
-        nola=NOLAConfig(num_bases=args.nola_bases, seed=args.seed),
+        adapter=args.adapter,
+        nola=NOLAConfig(num_bases=args.nola_bases, seed=args.seed, **rank("nola")),
+        lora=LoRAConfig(**rank("lora")),
+        vera=VeRAConfig(seed=args.seed, **rank("vera")),
         phases=paper_phases(*args.epochs),
         sampler=SamplerConfig(steps=args.steps, noise_seed=args.seed),
         gop_size=args.gop,
@@ -337,7 +354,7 @@ def _encode(args: argparse.Namespace) -> int:
     target = "" if result.predicted_bpp is None else f" (target {args.target_bpp:g}, predicted {result.predicted_bpp:.5f})"
     print(
         f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp{target} "
-        f"(inr {result.bits['inr']} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
+        f"(inr {result.bits['inr']} / {args.adapter} {result.bits['adapter']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )
     return 0
@@ -373,7 +390,8 @@ def stream_info(data: bytes) -> dict[str, Any]:
     """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
     Reads the header without torch or diffusers, so it takes milliseconds, not seconds. A
-    pixel-INR stream has no backbone, GoP, mask, NOLA or sampler entries.
+    A DiV-INR stream shows the settings of its adapter family only (under the family's name);
+    a pixel-INR stream has no backbone, GoP, mask, adapter or sampler entries.
     """
     from divinr.compression.bitstream import CodecKind, bits_breakdown, read_header_schema
     from divinr.rate import bits_per_pixel
@@ -399,15 +417,17 @@ def stream_info(data: bytes) -> dict[str, Any]:
         "quant_bits": v["quant_bits"],
     }
     if schema.kind == CodecKind.DIVINR:
-        nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
+        adapter = view.get("adapter", "nola")  # v1 and v2 streams: NOLA
+        settings = {k: value for k, value in view[adapter].items() if k != "target_modules"}
         info.update(
             gop_size=v["gop_size"],
             backbone=v["backbone"],
             backbone_fingerprint=v["backbone_fingerprint"].hex(),
             mask_mode=view["mask_mode"].name.lower(),
-            nola={"layers": v["nola_layers"], **nola},
+            adapter=adapter,
             sampler=view["sampler"],
         )
+        info[adapter] = {"layers": v["nola_layers"], **settings}
     return info
 
 
@@ -425,10 +445,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "backbone" in info:
         print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
     print(f"  inr       {info['inr']}")
-    for part in ("nola", "sampler"):
+    for part in (info.get("adapter"), "sampler"):
         if part in info:
             print(f"  {part:9s} {info[part]}")
-    for part in ("inr", "nola", "header"):
+    for part in ("inr", "adapter", "header"):
         print(f"  {part:9s} {bits[part]:>10d} bits  {100 * bits[part] / bits['total']:5.1f} %")
     print(f"  total     {bits['total']:>10d} bits  {info['bpp']:.6f} bpp")
     return 0

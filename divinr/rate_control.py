@@ -109,7 +109,7 @@ class RateModel:
     def predict(self, header: StreamHeader, adapter_shapes: Sequence[Shape]) -> RateEstimate:
         """Bits of the stream ``header`` describes, with adapter tensors of ``adapter_shapes``."""
         schema = writer_schema(StreamHeader)
-        adapter = self.adapter.bits(adapter_shapes) + section_bits("nola", b"") if adapter_shapes else 0.0
+        adapter = self.adapter.bits(adapter_shapes) + section_bits(header.adapter, b"") if adapter_shapes else 0.0
         return RateEstimate(
             header=header_bits(schema.elements, schema.to_fields(header)),
             inr=self.inr.bits(inr_shapes(header.inr, header.latent_size)) + section_bits("inr", b""),
@@ -141,7 +141,14 @@ def inr_shapes(config: INRConfig, latent_size: tuple[int, int]) -> list[Shape]:
 
 
 def adapter_shapes(header: StreamHeader) -> list[Shape]:
-    """Shapes of a NOLA section: ``alpha`` and ``beta``, ``(b,)`` each, per adapted layer."""
+    """Shapes of a NOLA stream's adapter section: ``alpha`` and ``beta``, ``(b,)`` each, per
+    adapted layer (what the header alone says; other families' shapes depend on the backbone).
+
+    Raises:
+        PresetError: a LoRA or VeRA stream.
+    """
+    if header.adapter != "nola":
+        raise PresetError(f"a {header.adapter} stream's adapter shapes depend on the backbone; read them from the adapted model")
     return [(header.nola.num_bases,)] * (2 * header.nola_layers) if header.nola.num_bases else []
 
 
@@ -150,10 +157,11 @@ def fit_rate_model(streams: Mapping[str, bytes], *, prune_fraction: float) -> Ra
 
     The INR cost is fitted per value and per tensor (the streams must span sizes, or the two are
     confounded); the adapter cost per value only, since every calibration stream adapts the same
-    layers. ``prune_fraction`` is the one setting a stream does not record.
+    layers (with NOLA: the calibration is NOLA's, and LoRA / VeRA coefficients are assumed to cost
+    the same per value). ``prune_fraction`` is the one setting a stream does not record.
 
     Raises:
-        PresetError: fewer than two streams, or streams of different code widths.
+        PresetError: fewer than two streams, streams of different code widths, or LoRA / VeRA streams.
     """
     if len(streams) < 2:
         raise PresetError(f"a rate model needs at least two calibration streams, got {len(streams)}")
@@ -164,9 +172,9 @@ def fit_rate_model(streams: Mapping[str, bytes], *, prune_fraction: float) -> Ra
         shapes = inr_shapes(header.inr, header.latent_size)
         rows.append([sum(math.prod(s) for s in shapes), len(shapes)])
         inr_bits.append(bits["inr"] - section_bits("inr", b""))
-        if bits["nola"]:
+        if bits["adapter"]:
             adapter_values += sum(math.prod(s) for s in adapter_shapes(header))
-            adapter_bits += bits["nola"] - section_bits("nola", b"")
+            adapter_bits += bits["adapter"] - section_bits(header.adapter, b"")
         widths.add(header.quant_bits)
     if len(widths) != 1:
         raise PresetError(f"calibration streams mix code widths {sorted(widths)}; fit one width at a time")

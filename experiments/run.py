@@ -43,6 +43,7 @@ from divinr.data.video import Video, read_video, write_video
 from divinr.errors import DivinrError, PresetError, VideoFormatError, unknown_choice
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import evaluate_sequence
+from divinr.models.adapters import LoRAConfig, VeRAConfig
 from divinr.models.backbone import get_preset
 from divinr.models.inr import inr_config
 from divinr.models.nola import NOLAConfig
@@ -114,7 +115,10 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         inr=cfg.inr.preset,
         inr_overrides=overrides,
         target_bpp=cfg.inr.target_bpp,
+        adapter=cfg.adapter,
         nola=NOLAConfig(**OmegaConf.to_container(cfg.nola, resolve=True)),
+        lora=LoRAConfig(**OmegaConf.to_container(cfg.lora, resolve=True)),
+        vera=VeRAConfig(**OmegaConf.to_container(cfg.vera, resolve=True)),
         phases=training_phases(training),
         loss=LossConfig(**library_kwargs(LossConfig, training)),
         sampler=SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True)),
@@ -144,7 +148,8 @@ def default_label(cfg: DictConfig) -> str:
     epochs = [p.epochs for p in t.phases] if t.phases else [t.dense_epochs, t.prune_epochs, t.quant_epochs]
     schedule = "/".join(str(e) for e in epochs)
     mask = ", M=1" if cfg.mask_mode == "ones" else ""
-    return f"DiV-INR ({cfg.backbone.preset}, NOLA b={cfg.nola.num_bases}, {schedule} ep{mask})"
+    sizes = {"nola": f"NOLA b={cfg.nola.num_bases}", "lora": f"LoRA r={cfg.lora.rank}", "vera": f"VeRA r={cfg.vera.rank}"}
+    return f"DiV-INR ({cfg.backbone.preset}, {sizes.get(cfg.adapter, cfg.adapter)}, {schedule} ep{mask})"
 
 
 # ---------------------------------------------------------------------------- loggers

@@ -1,7 +1,8 @@
 """Structured configs of the experiment layer, made from the library's own dataclasses.
 
 Each group mirrors the library constructor it feeds (``backbone`` -> ``load_backbone``,
-``inr`` -> ``inr_config``, ``nola`` -> ``NOLAConfig``, ``training`` -> ``paper_phases`` /
+``inr`` -> ``inr_config``, ``nola`` / ``lora`` / ``vera`` -> ``NOLAConfig`` / ``LoRAConfig`` /
+``VeRAConfig`` (the root's ``adapter`` picks one), ``training`` -> ``paper_phases`` /
 ``Phase`` + ``LossConfig``, ``sampler`` -> ``SamplerConfig``, ``data`` -> ``load_clip`` /
 ``sequence_source``, ``anchor`` -> a reference codec's constructor). The fields, types and
 defaults of those groups are read from the library (``dataclasses.fields``, signatures), so a
@@ -33,6 +34,7 @@ from divinr.training.encoder import EncoderConfig
 from divinr.data.datasets import sequence_source
 from divinr.inference.sampler import SamplerConfig
 from divinr.metrics.evaluate import METRICS
+from divinr.models.adapters import LoRAConfig, VeRAConfig
 from divinr.models.nola import NOLAConfig
 from divinr.training.losses import LossConfig
 from divinr.training.stages import Phase, paper_phases
@@ -112,6 +114,8 @@ NOLAConf = schema(
     """``NOLAConfig`` fields (target modules keep the library's Wan default).""",
     [f for f in library_fields(NOLAConfig) if f[0] != "target_modules"],
 )
+LoRAConf = schema("LoRAConf", """``LoRAConfig`` fields (used when ``adapter=lora``).""", library_fields(LoRAConfig))
+VeRAConf = schema("VeRAConf", """``VeRAConfig`` fields (used when ``adapter=vera``).""", library_fields(VeRAConfig))
 PhaseConf = schema(
     "PhaseConf",
     """One explicit ``Phase`` (name and epochs are mandatory); its Quant-Noise width is ``training.bits``.""",
@@ -196,6 +200,7 @@ class DivinrConfig:
     ``rate_point`` must name everything that differs between the points of a sweep (an
     ablation adds tags such as ``-b500``; ``${inr_size:}`` is the INR preset, or ``bpp<target>``
     with ``inr.target_bpp`` set), ``codec`` names the RD curve the point belongs to.
+    ``adapter`` picks the adapter family (``nola``, ``lora`` or ``vera``) whose group applies.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
     (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
@@ -216,10 +221,13 @@ class DivinrConfig:
     print_summary: bool = False
     gop_size: int = EncoderConfig.gop_size
     mask_mode: str = EncoderConfig.mask_mode
+    adapter: str = EncoderConfig.adapter
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     backbone: BackboneConf = field(default_factory=BackboneConf)
     inr: INRConf = field(default_factory=INRConf)
     nola: NOLAConf = field(default_factory=NOLAConf)
+    lora: LoRAConf = field(default_factory=LoRAConf)
+    vera: VeRAConf = field(default_factory=VeRAConf)
     training: TrainingConf = field(default_factory=TrainingConf)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     data: DataConf = field(default_factory=DataConf)

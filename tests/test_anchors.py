@@ -593,7 +593,7 @@ def test_hinerv_encode_and_decode_files(tmp_path: Path) -> None:
     encode_file(raw, 25.0, "xxs", tmp_path / "s.dvr", epochs=(2, 1, 1), device="cpu", seed=0, workdir=work)
     assert not work.exists()  # checkpoints are dropped once the stream is written
     info = stream_info((tmp_path / "s.dvr").read_bytes())
-    assert info["kind"] == "pixel_inr" and info["bits"]["nola"] == 0 and info["frames"] == 5
+    assert info["kind"] == "pixel_inr" and info["bits"]["adapter"] == 0 and info["frames"] == 5
     assert info["bpp"] == (tmp_path / "s.dvr").stat().st_size * 8 / (5 * 64 * 48)
     decode_file(tmp_path / "s.dvr", tmp_path / "out.rgb")
     assert (tmp_path / "out.rgb").stat().st_size == 5 * 64 * 48 * 3
@@ -613,7 +613,7 @@ def test_hinerv_baseline_codes_through_the_divinr_bitstream(tmp_path: Path) -> N
         size = os.path.getsize(point.bitstream_path)
         assert point.bits == size * 8 and point.bpp == size * 8 / (9 * 64 * 48)
         info = stream_info(Path(point.bitstream_path).read_bytes())
-        assert info["kind"] == "pixel_inr" and info["bits"]["nola"] == 0
+        assert info["kind"] == "pixel_inr" and info["bits"]["adapter"] == 0
         assert point.decoded.shape == (9, 3, 48, 64)
         assert psnr_8bit(point.decoded, frames) > 12.0
     assert points[0].bits < points[1].bits

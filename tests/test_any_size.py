@@ -16,7 +16,7 @@ import torch
 from divinr.cli import main, stream_info
 from divinr.codec import DiVINRCodec, Encoded, coded_size, decompress, load_clip
 from divinr.codec.divinr import pad_video
-from divinr.compression.bitstream import read_header_schema, unpack
+from divinr.compression.bitstream import FORMAT_VERSION, read_header_schema, unpack
 from divinr.data.samples import sample_clip_path
 from divinr.data.video import Video
 from divinr.errors import VideoFormatError
@@ -70,7 +70,7 @@ def test_padding_replicates_the_last_row_and_column() -> None:
 def test_the_header_signals_the_coded_and_display_sizes(small) -> None:
     (width, height), encoded = small
     schema, values = read_header_schema(encoded.data)
-    assert (schema.version, values["display_width"], values["display_height"]) == (2, width, height)
+    assert (schema.version, values["display_width"], values["display_height"]) == (FORMAT_VERSION, width, height)
     assert (values["width"], values["height"]) == coded_size(width, height)
     header = unpack(encoded.data).header
     assert (header.display_width, header.display_height, header.width, header.height) == (

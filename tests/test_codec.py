@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from divinr.cli import main, stream_info
-from divinr.compression.bitstream import SCHEMA_V2, SCHEMAS, decode_tensors, unpack
+from divinr.compression.bitstream import FORMAT_VERSION, SCHEMA_V3, SCHEMAS, decode_tensors, unpack
 from divinr.compression.container import read_container, write_container
 from divinr.data.samples import sample_clip_path
 from divinr.errors import BitstreamError
@@ -86,8 +86,8 @@ def test_info_json_reports_real_file_rate(encoded, capsys: pytest.CaptureFixture
     assert info["bpp"] == size * 8 / (info["frames"] * info["width"] * info["height"])
     assert (info["frames"], info["width"], info["height"]) == (9, 64, 64)
     bits = info["bits"]
-    assert bits["inr"] + bits["nola"] + bits["header"] == bits["total"] == 8 * size
-    assert bits["inr"] > 0 and bits["nola"] > 0 and bits["header"] > 0
+    assert bits["inr"] + bits["adapter"] + bits["header"] == bits["total"] == 8 * size
+    assert bits["inr"] > 0 and bits["adapter"] > 0 and bits["header"] > 0
     assert info["nola"]["num_bases"] == 16 and info["sampler"]["steps"] == 3
 
 
@@ -98,15 +98,15 @@ def test_every_inr_and_nola_tensor_is_in_the_stream(encoded) -> None:
     # 7 adapted layers of the tiny DiT x (alpha, beta) of 16 coefficients each
     assert stream.header.nola == NOLAConfig(rank=8, num_bases=16)
     expected = {f"l{i}": (16,) for i in range(2 * stream.header.nola_layers)}
-    coefficients = decode_tensors(stream.nola_section, expected, 6)
+    coefficients = decode_tensors(stream.adapter_section, expected, 6)
     assert all(len(torch.unique(c)) <= 64 for c in coefficients.values())
 
 
-def rewrite(data: bytes, *, version: int = 2, **fields: object) -> bytes:
+def rewrite(data: bytes, *, version: int = FORMAT_VERSION, **fields: object) -> bytes:
     """Re-emit a stream with changed header fields (valid CRC), as a different encoder would."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V2, values, sections, version=version)
+    return write_container(SCHEMA_V3, values, sections, version=version)
 
 
 def hostile_files(data: bytes) -> dict[str, bytes]:
@@ -116,7 +116,7 @@ def hostile_files(data: bytes) -> dict[str, bytes]:
         "corrupt": bytes(flipped),
         "truncated": data[: len(data) - 37],
         "wrong magic": b"RIFF" + data[4:],
-        "future version": rewrite(data, version=3),
+        "future version": rewrite(data, version=FORMAT_VERSION + 1),
         "wrong backbone": rewrite(data, backbone_fingerprint=bytes(16)),
         "unknown backbone": rewrite(data, backbone="wan9-huge"),
         "empty": b"",
@@ -149,8 +149,8 @@ def parse_fully(data: bytes) -> None:
     inr = build_inr_from_stream(stream)
     assert inr is not None
     expected = {f"c{i}": (stream.header.nola.num_bases,) for i in range(2 * stream.header.nola_layers)}
-    if stream.nola_section:
-        decode_tensors(stream.nola_section, expected, stream.header.quant_bits)
+    if stream.adapter_section:
+        decode_tensors(stream.adapter_section, expected, stream.header.quant_bits)
 
 
 def with_valid_crc(body: bytes) -> bytes:
@@ -201,6 +201,9 @@ def test_mutated_streams_only_ever_raise_bitstream_error(encoded, data: st.DataO
         (["--steps", "0"], "--steps 0"),
         (["--gop", "4"], "--gop 4: expected 1 + 4k frames"),
         (["--nola-bases", "5000"], "--nola-bases 5000: expected 0..1024"),
+        (["--adapter", "dora"], "--adapter dora: expected one of nola, lora, vera"),
+        (["--adapter", "lora", "--adapter-rank", "0"], "--adapter-rank 0: expected a lora rank in 1..256"),
+        (["--adapter-rank", "200"], "--adapter-rank 200: expected a nola rank in 1..128"),
         (["--bit-depth", "9"], "--bit-depth 9"),
         (["--fps", "nan"], "--fps nan"),
         (["--fps", "-25"], "--fps -25.0"),

@@ -50,8 +50,8 @@ DELTAS: dict[str, dict[str, Any]] = {
 }
 #: CLI flags (by dest) that differ from the library on purpose.
 CLI_DELTAS = {"backbone": CLI_BACKBONE}
-#: Encode flags with no library default behind them (files, or "the preset decides").
-CLI_ONLY = {"input", "output", "gradient_checkpointing", "input_size", "fps", "workdir", "recon"}
+#: Encode flags with no library default behind them (files, or "the preset / adapter family decides").
+CLI_ONLY = {"input", "output", "gradient_checkpointing", "input_size", "fps", "workdir", "recon", "adapter_rank"}
 
 
 def _defaults(function: Any) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def library_settings() -> dict[str, dict[str, Any]]:
     dense, prune, quant = paper_phases()
     data = _defaults(sequence_source)
     settings = {
-        "": {"gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode},
+        "": {"gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode, "adapter": encoder.adapter},
         "backbone": {
             "preset": encoder.backbone, "path": encoder.backbone_path,
             "gradient_checkpointing": encoder.gradient_checkpointing,
@@ -115,6 +115,14 @@ def _choices(defaults: list[Any]) -> dict[str, str]:
     """Group -> option of a defaults list (``override /group: option`` or ``group: option`` entries)."""
     entries = [next(iter(e.items())) for e in defaults if isinstance(e, dict)]
     return {group.removeprefix("override /"): option for group, option in entries}
+
+
+def test_the_peft_adapter_settings_are_the_library_defaults() -> None:
+    """``lora`` and ``vera`` are plain nodes of the root schema (no group options): they come
+    through from ``LoRAConfig`` and ``VeRAConfig`` unchanged."""
+    encoder = EncoderConfig()
+    composed = _compose()
+    assert composed["lora"] == dataclasses.asdict(encoder.lora) and composed["vera"] == dataclasses.asdict(encoder.vera)
 
 
 def test_every_group_has_options_and_every_delta_an_option() -> None:
@@ -182,6 +190,7 @@ def test_cli_defaults_are_the_library_defaults() -> None:
         "steps": encoder.sampler.steps,
         "gop": encoder.gop_size,
         "nola_bases": encoder.nola.num_bases,
+        "adapter": encoder.adapter,
         "device": encoder.device,
         "bit_depth": video["bit_depth"],
     }

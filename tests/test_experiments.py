@@ -34,6 +34,7 @@ from divinr.errors import PresetError
 from divinr.models.backbone import BACKBONE_PRESETS, build_backbone_on_meta
 from divinr.data.gop import split_gops
 from divinr.models.inr import INR_PRESETS, build_inr, count_parameters, inr_config
+from divinr.models.adapters import LoRAConfig, VeRAConfig
 from divinr.models.nola import NOLAConfig, count_nola_coefficients
 from divinr.results import read_result
 from divinr.training.stages import total_epochs
@@ -127,6 +128,9 @@ def test_ablation_points_get_their_own_folders_and_curves() -> None:
     b = compose_cfg("+exp=ablation_peft_size", "data.sequence=Beauty", "nola.num_bases=1000")
     assert point_dir(a) != point_dir(b) and a.codec != b.codec
     assert encoder_config(a).nola.num_bases == 0
+    nola, lora, vera = (compose_cfg("+exp=ablation_adapter", "data.sequence=Beauty", f"adapter={x}") for x in ("nola", "lora", "vera"))
+    assert len({point_dir(c) for c in (nola, lora, vera)}) == len({c.codec for c in (nola, lora, vera)}) == 3
+    assert [encoder_config(c).adapter_config for c in (nola, lora, vera)] == [NOLAConfig(), LoRAConfig(), VeRAConfig()]
     mask = compose_cfg("+exp=ablation_mask", "data.sequence=Beauty")
     assert encoder_config(mask).mask_mode == "ones" and point_dir(mask).name.endswith("mask1")
 

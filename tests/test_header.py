@@ -19,6 +19,7 @@ from divinr.codec import decompress
 from divinr.compression.bitstream import (
     DIVINR_V1,
     DIVINR_V2,
+    DIVINR_V3,
     HEADER_SCHEMAS,
     PIXEL_INR_V1,
     PIXEL_INR_V2,
@@ -80,11 +81,11 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
     assert {k: plain(v) for k, v in read_header(data).items()} == record["header"]
     stream = unpack(data)
     assert tensors_sha256(list(build_inr_from_stream(stream).state_dict().values())) == record["inr_tensors_sha256"]
-    if stream.nola_section:
+    if stream.adapter_section:
         header = stream.header
         assert isinstance(header, StreamHeader)
         shapes = {f"c{i}": (header.nola.num_bases,) for i in range(2 * header.nola_layers)}
-        nola = decode_tensors(stream.nola_section, shapes, header.quant_bits)
+        nola = decode_tensors(stream.adapter_section, shapes, header.quant_bits)
         assert tensors_sha256(list(nola.values())) == record["nola_tensors_sha256"]
     decoded = decompress(data, device="cpu", progress=False)
     t, c, h, w = decoded.frames.shape
@@ -92,12 +93,13 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
     pooled = decoded.frames.reshape(t, c, 4, h // 4, 4, w // 4).mean(dim=(3, 5), dtype=torch.float64).flatten()
     np.testing.assert_allclose(pooled.numpy(), record["decoded"]["pooled_4x4"], rtol=0, atol=1e-5)
     bits = bits_breakdown(data)
-    assert bits["header"] + bits["inr"] + bits["nola"] == bits["total"] == 8 * len(data)
+    assert bits["header"] + bits["inr"] + bits["adapter"] == bits["total"] == 8 * len(data)
 
 
 def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
-    """A v1 stream reads to a header displayed at its coded size, which v1 writes back to the same
-    bytes; DiV-INR headers are now written in v2, with the display size after the coded size."""
+    """A v1 stream reads to a header displayed at its coded size, with NOLA, which v1 writes back to
+    the same bytes; DiV-INR headers are now written in v3: the display size after the coded size
+    (v2), then the adapter family and the LoRA and VeRA settings (their defaults for NOLA)."""
     data, _ = fixture("divinr_v1")
     version, values, sections = read_container(data, SCHEMAS)
     header = unpack(data).header
@@ -105,8 +107,11 @@ def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     assert (header.display_width, header.display_height) == (header.width, header.height)
     assert write_container(DIVINR_V1.elements, DIVINR_V1.to_fields(header), sections, version=version) == data
     assert DIVINR_V1.to_fields(header) == values
-    assert writer_schema(StreamHeader) is DIVINR_V2
-    assert header.to_fields() == {**values, "display_width": header.width, "display_height": header.height}
+    assert writer_schema(StreamHeader) is DIVINR_V3 and header.adapter == "nola"
+    assert header.to_fields() == {
+        **values, "display_width": header.width, "display_height": header.height,
+        "adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0,
+    }
 
 
 def test_a_v1_pixel_stream_reads_as_a_pixel_header_without_its_placeholders() -> None:
@@ -145,12 +150,14 @@ LATENT_HEAD_ONLY = Counter({"inr.out_channels": 1, "inr.mask_channels": 1})
 
 # The display size (format v2): a v1 stream has none and displays its coded size.
 DISPLAY = Counter({"display_width": 1, "display_height": 1})
+# The adapter family and the peft adapters' settings (format v3): v1 and v2 streams use NOLA.
+ADAPTER = Counter({"adapter": 1, "lora.rank": 1, "lora.alpha": 1, "vera.rank": 1, "vera.seed": 1})
 
 
 @pytest.mark.parametrize(
     ("schema", "unsent"),
-    [(DIVINR_V1, DISPLAY), (DIVINR_V2, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)],
-    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
+    [(DIVINR_V1, DISPLAY + ADAPTER), (DIVINR_V2, ADAPTER), (DIVINR_V3, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
 )
 def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:
     """The element table is the one place a field is declared: adding an attribute to a typed
@@ -177,7 +184,7 @@ def test_the_pixel_headers_are_the_divinr_elements_the_pixel_header_has_a_place_
     v2 = [e.name for e in PIXEL_INR_V2.elements]
     assert v2 == [e.name for e in PIXEL_INR_V1.elements if e.path is not None]
     assert not [n for n in v2 if n.startswith(("backbone", "nola", "sampler", "gop", "mask", "dit"))]
-    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (1, 1), (2, 1)}
+    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)}
 
 
 def divinr_header() -> StreamHeader:
@@ -207,8 +214,8 @@ TIED = {"width": "display_width", "height": "display_height"}
 
 @pytest.mark.parametrize(
     "schema, header",
-    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (PIXEL_INR_V2, PIXEL)],
-    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
+    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (DIVINR_V3, divinr_header()), (PIXEL_INR_V2, PIXEL)],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
 )
 def test_every_element_round_trips_to_its_own_place(schema: HeaderSchema[Any], header: Any) -> None:
     """Each field, changed alone, changes the typed header and comes back unchanged (the frame

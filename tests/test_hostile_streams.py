@@ -29,7 +29,8 @@ from divinr.cli import main
 from divinr.compression.bitstream import (
     MAX_FRAMES,
     MAX_GOP,
-    SCHEMA_V2,
+    FORMAT_VERSION,
+    SCHEMA_V3,
     SCHEMAS,
     CodecKind,
     MaskMode,
@@ -141,10 +142,22 @@ HOSTILE = [
     ("sampler_flow_shift", 3e38),
     ("sampler_order", 0),
     ("sampler_order", 255),
+    ("adapter", 255),
+    ("lora_rank", 0),
+    ("lora_rank", 65535),
+    ("lora_alpha", 0.0),
+    ("lora_alpha", -1.0),
+    ("lora_alpha", 3e38),
+    ("vera_rank", 0),
+    ("vera_rank", 65535),
 ]
-NON_FINITE = [(name, value) for name in ("nola_variance", "nola_scaling", "sampler_flow_shift") for value in ("nan", "inf", "-inf")]
+NON_FINITE = [
+    (name, value)
+    for name in ("nola_variance", "nola_scaling", "sampler_flow_shift", "lora_alpha")
+    for value in ("nan", "inf", "-inf")
+]
 # Fields whose every value is meaningful: extremes must still give a valid, strict-JSON header.
-ANY_VALUE = [("nola_seed", 2**32 - 1), ("sampler_noise_seed", 2**32 - 1)]
+ANY_VALUE = [("nola_seed", 2**32 - 1), ("sampler_noise_seed", 2**32 - 1), ("vera_seed", 2**32 - 1)]
 ANY_VALUE_FIELDS = {name for name, _ in ANY_VALUE}
 
 
@@ -164,7 +177,7 @@ def rewrite(data: bytes, **fields: object) -> bytes:
     """Re-emit ``data`` with changed header fields and a valid CRC, bypassing the encoder's checks."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V2, values, sections, version=2)
+    return write_container(SCHEMA_V3, values, sections, version=FORMAT_VERSION)
 
 
 def geometry(width: int, height: int) -> dict[str, int]:
@@ -219,7 +232,7 @@ def assert_refused(data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture, p
 
 def test_every_header_field_is_covered() -> None:
     covered = {name for name, _ in HOSTILE + NON_FINITE} | ANY_VALUE_FIELDS
-    assert covered == {f.name for f in SCHEMA_V2}
+    assert covered == {f.name for f in SCHEMA_V3}
 
 
 def expected_message(name: str, value: object) -> str:

@@ -2,7 +2,9 @@
 
 A decoder that imported the encoder's training stack would pull Lightning (and its start-up
 cost and dependencies) into every ``divinr decode``, and would let decode-time behaviour depend
-on training code. Checked in fresh interpreters, on the committed v1 streams of both kinds.
+on training code. Checked in fresh interpreters, on the committed v1 streams of both kinds. The decoder also loads divinr's peft code
+(``divinr.models.peft_adapters``) only for streams adapted with LoRA or VeRA (diffusers itself
+imports peft whenever it is installed, so that module is what divinr controls).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from adapter_streams import untrained_stream
 
 DATA = Path(__file__).parent / "data"
 DECODER_MODULES = ("divinr.inference.decoder", "divinr.inference.sampler", "divinr.codec", "divinr.codec.divinr",
@@ -29,19 +33,18 @@ def _fresh(code: str, *args: str) -> dict:
 _TRAINING_LOADED = (
     "import json, sys\n"
     "loaded = {'lightning': 'lightning' in sys.modules,"
-    " 'training': sorted(m for m in sys.modules if m.startswith('divinr.training'))}\n"
+    " 'training': sorted(m for m in sys.modules if m.startswith('divinr.training')),"
+    " 'peft_adapters': 'divinr.models.peft_adapters' in sys.modules}\n"
 )
 
 
 def test_decoder_modules_import_neither_lightning_nor_training() -> None:
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in DECODER_MODULES)
-    assert _fresh(code + _TRAINING_LOADED + "print(json.dumps(loaded))") == {"lightning": False, "training": []}
+    loaded = _fresh(code + _TRAINING_LOADED + "print(json.dumps(loaded))")
+    assert loaded == {"lightning": False, "training": [], "peft_adapters": False}
 
 
-@pytest.mark.parametrize("stream", ["divinr_v1.dvr", "pixel_inr_v1.dvr"])
-def test_divinr_decode_runs_without_lightning(stream: str, tmp_path: Path) -> None:
-    """``divinr decode`` really decodes (a y4m comes out) and never loads Lightning on the way."""
-    out = tmp_path / "out.y4m"
+def _decode_in_a_fresh_process(stream: Path, out: Path) -> dict:
     code = (
         "import sys\n"
         "from divinr.cli import main\n"
@@ -50,8 +53,24 @@ def test_divinr_decode_runs_without_lightning(stream: str, tmp_path: Path) -> No
         + "loaded['status'] = status\n"
         "print(json.dumps(loaded))\n"
     )
-    assert _fresh(code, str(DATA / stream), str(out)) == {"lightning": False, "training": [], "status": 0}
+    return _fresh(code, str(stream), str(out))
+
+
+@pytest.mark.parametrize("stream", ["divinr_v1.dvr", "pixel_inr_v1.dvr"])
+def test_divinr_decode_runs_without_lightning(stream: str, tmp_path: Path) -> None:
+    """``divinr decode`` really decodes (a y4m comes out) and never loads Lightning on the way."""
+    out = tmp_path / "out.y4m"
+    loaded = _decode_in_a_fresh_process(DATA / stream, out)
+    assert loaded == {"lightning": False, "training": [], "peft_adapters": False, "status": 0}
     assert out.stat().st_size > 0 and out.read_bytes().startswith(b"YUV4MPEG2")
+
+
+def test_a_lora_stream_loads_the_peft_code_and_still_no_training_code(tmp_path: Path) -> None:
+    stream, out = tmp_path / "lora.dvr", tmp_path / "out.y4m"
+    stream.write_bytes(untrained_stream("lora")[0])
+    loaded = _decode_in_a_fresh_process(stream, out)
+    assert loaded == {"lightning": False, "training": [], "peft_adapters": True, "status": 0}
+    assert out.read_bytes().startswith(b"YUV4MPEG2")
 
 
 def test_encoding_does_load_the_training_code() -> None:

@@ -1,6 +1,6 @@
 """DiV-INR as a codec: ``compress(video) -> bytes`` and ``decompress(bytes) -> Decoded``.
 
-    encoder: frames --VAE--> cached latents --train INR + NOLA (dense -> prune -> Quant-Noise,
+    encoder: frames --VAE--> cached latents --train INR + adapters (dense -> prune -> Quant-Noise,
              divinr.training.encoder)--> quantise + range-code --> bitstream
     decoder: bitstream + public backbone --> frames        (divinr.inference.decoder)
 
@@ -46,10 +46,11 @@ from divinr.inference.decoder import (
     prepare_stream,
     reconstruct,
 )
+from divinr.models.adapters import LoRAConfig, VeRAConfig, adapter_state_dict, eject_adapters
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
 from divinr.models.inr import LatentINR, planned_inr
-from divinr.models.nola import eject_nola, nola_state_dict
-from divinr.rate_control import SizeChoice, adapter_shapes, shipped_rate_model, size_for_target
+from divinr.models.nola import NOLAConfig
+from divinr.rate_control import SizeChoice, shipped_rate_model, size_for_target
 
 if TYPE_CHECKING:
     import lightning as L
@@ -102,7 +103,8 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
 
     Only the backbone fingerprint and the adapted-layer count are filled in after the backbone
     is loaded. Writing the header once here makes any setting the format cannot carry fail
-    before hours of training, not after.
+    before hours of training, not after. The adapter families the stream does not use keep their
+    default settings, so settings that cannot change the stream do not change its bytes.
     """
     width, height = coded_size(video.width, video.height)
     num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
@@ -118,12 +120,15 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         inr=planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8)),
         mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
         quant_bits=config.quant_bits,
-        nola=config.nola,
+        nola=config.nola if config.adapter == "nola" else NOLAConfig(),
         nola_layers=0,
         sampler=config.sampler,
         model_dtype=str(config.model_dtype()).removeprefix("torch."),
         display_width=video.width,
         display_height=video.height,
+        adapter=config.adapter,
+        lora=config.lora if config.adapter == "lora" else LoRAConfig(),
+        vera=config.vera if config.adapter == "vera" else VeRAConfig(),
     )
     schema = writer_schema(StreamHeader)
     try:
@@ -140,7 +145,7 @@ def pack_module(module: DiVINRModule, header: StreamHeader) -> bytes:
     trained = module.inr.state_dict()
     if sorted(canonical) != sorted(trained):
         raise ValueError("the trained INR does not match the architecture in its header")
-    return pack(header, {k: trained[k] for k in canonical}, nola_state_dict(module.transformer))
+    return pack(header, {k: trained[k] for k in canonical}, adapter_state_dict(module.transformer))
 
 
 class Trained(NamedTuple):
@@ -191,7 +196,7 @@ class DiVINRCodec(Codec):
         logger: Any = None,
         callbacks: Sequence[L.Callback] = (),
     ) -> Trained:
-        """Train INR + NOLA on ``video`` (at coding resolution, padded here to the coded size);
+        """Train INR + adapters on ``video`` (at coding resolution, padded here to the coded size);
         nothing is coded yet.
 
         With ``workdir`` training checkpoints every epoch and resumes from the folder (same
@@ -212,10 +217,10 @@ class DiVINRCodec(Codec):
                 device=config.resolved_device(), gradient_checkpointing=config.gradient_checkpointing,
             )
             fingerprint = backbone_fingerprint(backbone)
-            adapted = backbone.adapt(config.nola)
+            adapted = backbone.adapt(config.adapter_config, init_seed=config.seed)
             size = None
             if config.target_bpp is not None:
-                config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)))
+                config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)), backbone)
             module, history = train_codec(
                 video, config, header, backbone, fingerprint, workdir=workdir, logger=logger, callbacks=callbacks,
                 progress=self.progress,
@@ -223,11 +228,15 @@ class DiVINRCodec(Codec):
         header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(adapted))
         return Trained(module.inr.eval(), module, header, history, size)
 
-    def _sized(self, config: EncoderConfig, header: StreamHeader) -> tuple[EncoderConfig, StreamHeader, SizeChoice]:
-        """``config`` and its header with the INR the rate model sizes for ``config.target_bpp``."""
+    def _sized(
+        self, config: EncoderConfig, header: StreamHeader, backbone: Backbone
+    ) -> tuple[EncoderConfig, StreamHeader, SizeChoice]:
+        """``config`` and its header with the INR the rate model sizes for ``config.target_bpp``,
+        given the adapter tensors ``backbone`` now carries (of any family)."""
         model = shipped_rate_model()
         model.check_applies(config.quant_bits, config.pruned_fraction())
-        size = size_for_target(config.target_bpp, header, adapter_shapes(header), model=model, overrides=config.inr_overrides)
+        adapter = [tuple(t.shape) for t in adapter_state_dict(backbone.transformer).values()]
+        size = size_for_target(config.target_bpp, header, adapter, model=model, overrides=config.inr_overrides)
         if self.progress:
             print(f"target {config.target_bpp:g} bpp: {size.describe()}")
         return replace(config, inr=size.preset, inr_overrides=size.overrides), replace(header, inr=size.config), size
@@ -258,7 +267,7 @@ class DiVINRCodec(Codec):
         merged afresh (Lightning's teardown left the networks on the CPU)."""
         backbone = trained.module.backbone
         device = resolve_device(self.device)
-        eject_nola(backbone.transformer)
+        eject_adapters(backbone.transformer)
         backbone.transformer.to(device)
         backbone.vae.to(device)
         return decode_stream(

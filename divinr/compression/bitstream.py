@@ -1,16 +1,19 @@
 """The divinr bitstreams: what each decoder needs, declared field by field, and nothing else.
 
     container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
-      DiV-INR v2    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
+      DiV-INR v3    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
                     size and display size), GoP length, INR architecture, mask mode, quantiser
-                    width, NOLA settings, sampler (v1, still read: no display size)
+                    width, NOLA settings, sampler, adapter family + LoRA and VeRA settings
+                    (v2, still read: no adapter family, NOLA; v1: no display size either)
       pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
       "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
-      "nola"        (DiV-INR) every NOLA coefficient vector (alpha, beta per layer), same coding
+      adapter       (DiV-INR) section named after the family ("nola", "lora", "vera"): every
+                    trained adapter tensor (NOLA: alpha, beta per layer; LoRA: A, B; VeRA:
+                    lambda_b, lambda_d), same coding; VeRA's shared projections are not sent
       CRC32
 
-Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every NOLA
-coefficient vector is quantised with its own per-tensor scale and zero point (both inside the
+Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every adapter
+tensor is quantised with its own per-tensor scale and zero point (both inside the
 tensor's record, counted in its section's bits). A section's codes are range-coded either with
 one histogram per tensor or with one shared histogram, whichever is smaller (a leading byte
 says which). Tensor names are not sent: records follow the
@@ -62,11 +65,12 @@ if TYPE_CHECKING:
     import torch
 
     from divinr.inference.sampler import SamplerConfig
+    from divinr.models.adapters import AdapterConfig, LoRAConfig, VeRAConfig
     from divinr.models.inr import INRConfig
     from divinr.models.nola import NOLAConfig
 
-FORMAT_VERSION = 2
-"""The format version DiV-INR streams are written in (v2 added the display size)."""
+FORMAT_VERSION = 3
+"""The format version DiV-INR streams are written in (v2 added the display size, v3 the adapter family)."""
 BLOCK = 16
 """Coded sides are multiples of this: the VAE downsamples by 8 and the DiT patches latents by 2."""
 
@@ -87,6 +91,8 @@ INR_HEAD_CODES = {"latent": 0, "rgb": 1}
 # Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
 DIT_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
 MASK_MODE_CODES = {mode: int(mode) for mode in MaskMode}
+# The adapter family; its name is also the name of the stream's adapter section.
+ADAPTER_CODES = {"nola": 0, "lora": 1, "vera": 2}
 
 # Upper bounds checked before anything is built from a header (a hostile file must not make the
 # decoder allocate gigabytes, loop for hours or hand the transformer what it cannot take).
@@ -107,6 +113,9 @@ MAX_HEAD_CHANNELS = 64  # of y and M; Wan's DiT takes 16 + 4
 MAX_NOLA_BASES = 1024  # = divinr.models.nola.MAX_NUM_BASES (a test keeps them equal)
 MAX_NOLA_RANK = 128  # = divinr.models.nola.MAX_RANK
 MAX_NOLA_LAYERS = 4096
+MAX_LORA_RANK = 256  # = divinr.models.adapters.MAX_LORA_RANK (a test keeps the three equal)
+MAX_VERA_RANK = 1024  # = divinr.models.adapters.MAX_VERA_RANK
+MAX_LORA_ALPHA = 1024.0  # = divinr.models.adapters.MAX_LORA_ALPHA
 MAX_SAMPLER_STEPS = 1000
 # NOLA basis variance and scaling, and the sampler's flow shift, are O(1) (0.25, 1.0, 3-5);
 # beyond these the adapted weights or the timesteps overflow and the video comes out constant.
@@ -145,6 +154,9 @@ class StreamHeader(_TypedHeader):
     ``width`` x ``height`` is the coded size (multiples of :data:`BLOCK`, what the VAE and DiT
     see); ``display_width`` x ``display_height`` is the conformance window the decoder crops to
     (the input's size; 0 stands for the coded size, as in v1 streams, and is replaced by it).
+    ``adapter`` names the family whose settings (``nola``, ``lora`` or ``vera``) the decoder
+    uses (v1 and v2 streams: NOLA); the other families' settings hold their defaults.
+    ``nola_layers`` counts the adapted layers, whatever the family.
     """
 
     kind: CodecKind
@@ -164,11 +176,19 @@ class StreamHeader(_TypedHeader):
     model_dtype: str = "float32"
     display_width: int = 0
     display_height: int = 0
+    adapter: str = "nola"
+    lora: LoRAConfig = dataclasses.field(default_factory=lambda: _config_types()["lora"]())
+    vera: VeRAConfig = dataclasses.field(default_factory=lambda: _config_types()["vera"]())
 
     def __post_init__(self) -> None:
         for side in ("width", "height"):
             if not getattr(self, f"display_{side}"):
                 object.__setattr__(self, f"display_{side}", getattr(self, side))
+
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The settings of the stream's adapter family (its part of the header is named after it)."""
+        return getattr(self, self.adapter)
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -195,10 +215,14 @@ Header = Union[StreamHeader, PixelINRHeader]
 def _config_types() -> dict[str, Callable[..., Any]]:
     """Constructors of the typed headers' parts; imported only when a typed header is built."""
     from divinr.inference.sampler import SamplerConfig
+    from divinr.models.adapters import LoRAConfig, VeRAConfig
     from divinr.models.inr import INRConfig
     from divinr.models.nola import NOLAConfig
 
-    return {"fps": Fraction, "inr": INRConfig, "nola": NOLAConfig, "sampler": SamplerConfig}
+    return {
+        "fps": Fraction, "inr": INRConfig, "nola": NOLAConfig, "sampler": SamplerConfig, "lora": LoRAConfig,
+        "vera": VeRAConfig,
+    }
 
 
 # -- the element table: each field once ---------------------------------------------------------
@@ -236,7 +260,7 @@ DIVINR_ELEMENTS: tuple[Element, ...] = (
     # NOLA target sets a stream may signal: only divinr.models.nola's default regexes (custom
     # regexes would have to be sent as text).
     Element("nola_targets", U8, "nola.target_modules", codes={DEFAULT: 0}),
-    Element("nola_layers", U16, "nola_layers", 0, MAX_NOLA_LAYERS),
+    Element("nola_layers", U16, "nola_layers", 0, MAX_NOLA_LAYERS),  # adapted layers, of any family
     Element("sampler_steps", U16, "sampler.steps", 1, MAX_SAMPLER_STEPS),
     Element("sampler_flow_shift", F32, "sampler.flow_shift", 0.0, MAX_FLOW_SHIFT),
     Element("sampler_noise_seed", U32, "sampler.noise_seed"),  # any u32
@@ -250,6 +274,15 @@ _DISPLAY_ELEMENTS = (
 _AFTER_GEOMETRY = [e.name for e in DIVINR_ELEMENTS].index("height") + 1
 DIVINR_V2_ELEMENTS = DIVINR_ELEMENTS[:_AFTER_GEOMETRY] + _DISPLAY_ELEMENTS + DIVINR_ELEMENTS[_AFTER_GEOMETRY:]
 """Format v2: v1's elements with the display size after the coded size."""
+_V3_ELEMENTS: tuple[Element, ...] = (
+    Element("adapter", U8, "adapter", codes=ADAPTER_CODES),
+    Element("lora_rank", U16, "lora.rank", 1, MAX_LORA_RANK),
+    Element("lora_alpha", F32, "lora.alpha", 0.0, MAX_LORA_ALPHA),
+    Element("vera_rank", U16, "vera.rank", 1, MAX_VERA_RANK),
+    Element("vera_seed", U32, "vera.seed"),  # any u32
+)
+DIVINR_V3_ELEMENTS = DIVINR_V2_ELEMENTS + _V3_ELEMENTS
+"""Format v3: v2's elements, then the adapter family and the LoRA and VeRA settings."""
 
 
 # -- cross-field rules --------------------------------------------------------------------------
@@ -306,10 +339,13 @@ def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
 
 # -- the schemas, keyed by (format version, codec kind) -----------------------------------------
 _DIVINR_RULES = (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule)
-# v1 stays readable (its streams display the coded size); headers are written with v2.
+# v1 and v2 stay readable (v1 streams display the coded size; both use NOLA); headers are written with v3.
 DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(1, DIVINR_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES)
 DIVINR_V2: HeaderSchema[StreamHeader] = HeaderSchema(
-    FORMAT_VERSION, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+    2, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+)
+DIVINR_V3: HeaderSchema[StreamHeader] = HeaderSchema(
+    FORMAT_VERSION, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
 )
 _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
@@ -341,14 +377,16 @@ PIXEL_INR_V1: HeaderSchema[PixelINRHeader] = HeaderSchema(
     PixelINRHeader, _config_types, (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _no_backbone_rule),
 )  # fmt: skip
 HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {
-    s.key: s for s in (DIVINR_V1, DIVINR_V2, PIXEL_INR_V1, PIXEL_INR_V2)
+    s.key: s for s in (DIVINR_V1, DIVINR_V2, DIVINR_V3, PIXEL_INR_V1, PIXEL_INR_V2)
 }
 SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
 """What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
 SCHEMA_V1 = DIVINR_V1.elements
 """DiV-INR format v1's fields, for writing a container by hand (tests rewrite streams with it)."""
 SCHEMA_V2 = DIVINR_V2.elements
-"""DiV-INR format v2's fields (the ones DiV-INR streams are written with), for the same use."""
+"""DiV-INR format v2's fields, for the same use."""
+SCHEMA_V3 = DIVINR_V3.elements
+"""DiV-INR format v3's fields (the ones DiV-INR streams are written with), for the same use."""
 
 
 def writer_schema(header_type: type) -> HeaderSchema[Any]:
@@ -419,19 +457,22 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
 
 @dataclass(frozen=True)
 class Bitstream:
-    """A parsed stream: the header and the two tensor sections, still coded."""
+    """A parsed stream: the header and the two tensor sections (INR, adapter), still coded."""
 
     header: Header
     inr_section: bytes
-    nola_section: bytes
+    adapter_section: bytes
 
 
-def pack(header: Header, inr_tensors: Mapping[str, torch.Tensor], nola_tensors: Mapping[str, torch.Tensor]) -> bytes:
-    """Write a complete bitstream; ``nola_tensors`` empty for the pixel baseline or b = 0."""
+def pack(header: Header, inr_tensors: Mapping[str, torch.Tensor], adapter_tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """Write a complete bitstream; ``adapter_tensors`` (in a section named after ``header.adapter``)
+    empty for the pixel baseline or NOLA with b = 0."""
     schema = writer_schema(type(header))
     sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
-    if nola_tensors:
-        sections.append(("nola", encode_tensors(nola_tensors, header.quant_bits)))
+    if adapter_tensors:
+        if not isinstance(header, StreamHeader):
+            raise ValueError("only DiV-INR streams carry adapter tensors")
+        sections.append((header.adapter, encode_tensors(adapter_tensors, header.quant_bits)))
     return write_container(schema.elements, schema.to_fields(header), sections, version=schema.version)
 
 
@@ -443,19 +484,23 @@ def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
-    unknown = set(named) - {"inr", "nola"}
-    if unknown or "inr" not in named:
-        raise BitstreamError(f"unexpected sections {sorted(named)}; expected 'inr' and optionally 'nola'")
-    if ("nola" in named) != _carries_nola(schema, values):
-        raise BitstreamError("NOLA section presence disagrees with the header; the bitstream is corrupt")
+    adapter = _adapter_section(schema, values)
+    expected = ["inr", *([adapter] if adapter else [])]
+    if sorted(named) != sorted(expected):
+        raise BitstreamError(
+            f"sections {sorted(named)} disagree with the header, which implies {expected}; the bitstream is corrupt"
+        )
     return schema, values, named
 
 
-def _carries_nola(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> bool:
-    """DiV-INR streams carry a NOLA section exactly when they adapt layers; pixel-INR streams never do."""
-    if schema.kind != CodecKind.DIVINR:
-        return False
-    return value_of(values, "nola_bases", int) > 0 and value_of(values, "nola_layers", int) > 0
+def _adapter_section(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> str | None:
+    """The adapter section a stream carries: DiV-INR streams have one, named after their family,
+    exactly when they adapt layers (NOLA with b > 0); pixel-INR streams never do."""
+    if schema.kind != CodecKind.DIVINR or value_of(values, "nola_layers", int) == 0:
+        return None
+    codes = {code: name for name, code in ADAPTER_CODES.items()}
+    adapter = codes[value_of(values, "adapter", int)] if "adapter" in values else "nola"
+    return None if adapter == "nola" and value_of(values, "nola_bases", int) == 0 else adapter
 
 
 def read_header_schema(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue]]:
@@ -476,15 +521,20 @@ def read_header(data: bytes) -> dict[str, HeaderValue]:
 def unpack(data: bytes) -> Bitstream:
     """Parse and validate the container and header; tensors are decoded by :func:`decode_tensors`."""
     schema, values, named = _read(data)
-    return Bitstream(schema.from_fields(values), named["inr"], named.get("nola", b""))
+    adapter = _adapter_section(schema, values)
+    return Bitstream(schema.from_fields(values), named["inr"], named[adapter] if adapter else b"")
 
 
 def bits_breakdown(data: bytes) -> dict[str, int]:
-    """Bits by part: ``header`` (magic, version, fields, section count, CRC) and each section
-    (its name and length prefix included); the parts sum to ``total`` = 8 x file size."""
+    """Bits by part: ``header`` (magic, version, fields, section count, CRC), ``inr`` and
+    ``adapter`` (the adapter section, whatever its family; 0 if none), each section's name and
+    length prefix included; the parts sum to ``total`` = 8 x file size."""
     version, values, sections = read_container(data, SCHEMAS)
     parts = dict(bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections))
-    result = {"header": parts.pop("header"), "inr": parts.pop("inr", 0), "nola": parts.pop("nola", 0)}
+    result = {
+        "header": parts.pop("header"), "inr": parts.pop("inr", 0),
+        "adapter": sum(parts.pop(name, 0) for name in ADAPTER_CODES),
+    }
     result["total"] = 8 * len(data)
     if sum(v for k, v in result.items() if k != "total") != result["total"]:
         raise BitstreamError("section sizes do not add up to the file size; the bitstream is corrupt")

@@ -1,8 +1,8 @@
 """The DiV-INR decoder: bitstream + public backbone -> video (paper Eq. 1).
 
-    header --> INR architecture, NOLA settings, geometry, sampler
-    "inr"  --> dequantised INR --g(f)--> (y, M) per GoP
-    "nola" --> coefficients --merge into W0--> adapted DiT
+    header  --> INR architecture, adapter family and settings, geometry, sampler
+    "inr"   --> dequantised INR --g(f)--> (y, M) per GoP
+    adapter --> NOLA coefficients / LoRA / VeRA tensors --merge into W0--> adapted DiT
     per GoP: z_1 (seeded) --UniPC(DiT(cat(z, M, y)))--> z_0 --VAE--> frames (padding trimmed)
 
 The encoder reconstructs through this same code, so "what the encoder saw" and "what a decoder
@@ -37,15 +37,9 @@ from divinr.compression.bitstream import (
 from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
 from divinr.errors import BitstreamError, DivinrError, PresetError
 from divinr.inference.sampler import SamplerConfig, initial_noise, sample
+from divinr.models.adapters import adapter_layers, adapter_parameters, load_adapter_state_dict, merge_adapters
 from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
-from divinr.models.nola import (
-    NOLALayer,
-    load_nola_state_dict,
-    merge_nola,
-    nola_state_dict,
-    release_nola_bases,
-)
 
 
 DEFAULT_MEMORY_BUDGET = 8 * 2**30
@@ -164,21 +158,22 @@ def build_inr_from_stream(stream: Bitstream) -> LatentINR:
 
 
 def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
-    """Inject NOLA as the header describes, load the coefficients, merge them into W0, free the bases."""
+    """Inject the stream's adapter family as the header describes, load its tensors and merge them into W0
+    (VeRA's projections regenerate from the header's seed; NOLA's bases are freed after merging)."""
     header = stream.header
-    if any(isinstance(m, NOLALayer) for m in backbone.transformer.modules()):
-        raise ValueError("the backbone already carries NOLA adapters; decode with a freshly loaded backbone")
-    names = backbone.adapt(header.nola)
+    if adapter_layers(backbone.transformer):
+        raise ValueError("the backbone already carries adapters; decode with a freshly loaded backbone")
+    names = backbone.adapt(header.adapter_config)
     if len(names) != header.nola_layers:
         raise BitstreamError(
             f"the stream adapts {header.nola_layers} layers but backbone {header.backbone!r} offers {len(names)}; "
             "decode with the backbone it was encoded for"
         )
     if names:
-        expected = {k: tuple(v.shape) for k, v in nola_state_dict(backbone.transformer).items()}
-        load_nola_state_dict(backbone.transformer, decode_tensors(stream.nola_section, expected, header.quant_bits))
-        merge_nola(backbone.transformer)
-        release_nola_bases(backbone.transformer)
+        expected = {k: tuple(v.shape) for k, v in adapter_parameters(backbone.transformer).items()}
+        tensors = decode_tensors(stream.adapter_section, expected, header.quant_bits)
+        load_adapter_state_dict(backbone.transformer, tensors)
+        merge_adapters(backbone.transformer)
 
 
 def check_backbone(backbone: Backbone, stream: Bitstream, fingerprint: bytes | None = None) -> None:
@@ -291,7 +286,7 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     """Decode a DiV-INR stream's conditioning ``y`` straight through the VAE, without diffusion.
 
     The "INR only" reference of the quality benchmark: the same bits, no generative prior and no
-    NOLA (so ``backbone`` need not be fresh). Comparing it with :func:`decode_stream` measures
+    adapters (so ``backbone`` need not be fresh). Comparing it with :func:`decode_stream` measures
     what the diffusion model adds to the INR's own prediction.
     """
     header = stream.header

@@ -2,7 +2,8 @@
 
 DiV-INR (paper, Sec. 3) never trains the diffusion model: a per-video INR produces latent
 conditioning maps ``y`` and confidence masks ``m`` that are concatenated with the noisy latents
-on the channel axis, and NOLA adapters (a separate module) specialise a few DiT layers. This
+on the channel axis, and adapters (NOLA, or peft's LoRA / VeRA; separate modules) specialise a
+few DiT layers. This
 module loads the backbone from diffusers as it is, freezes it and changes behaviour only
 through attention processors and one widened input convolution::
 
@@ -38,7 +39,7 @@ from divinr.models.backbone_files import (
     is_hub_id,
     missing_from_hub,
 )
-from divinr.models.nola import NOLAConfig, inject_nola
+from divinr.models.adapters import AdapterConfig, inject_adapters
 
 LATENT_CHANNELS = 16
 MASK_CHANNELS = 4
@@ -362,13 +363,15 @@ class Backbone:
             return {}
         return {"patch_embedding": {"in_channel_slice": self.widened_channels}}
 
-    def adapt(self, config: NOLAConfig) -> list[str]:
-        """Inject NOLA into the transformer (in place, the paper's targets plus :meth:`nola_extra_targets`).
+    def adapt(self, config: AdapterConfig, *, init_seed: int = 0) -> list[str]:
+        """Inject the adapter family of ``config`` (NOLA, LoRA or VeRA) into the transformer, in
+        place, on the paper's targets plus :meth:`nola_extra_targets`.
 
         The one place the encoder and the decoder adapt a backbone, so both adapt the same layers;
-        returns the adapted layer names (``[]`` for ``num_bases=0``).
+        returns the adapted layer names (``[]`` for NOLA with ``num_bases=0``). ``init_seed`` seeds
+        the initial values peft draws (see :func:`~divinr.models.adapters.inject_adapters`).
         """
-        return inject_nola(self.transformer, config, extra_targets=self.nola_extra_targets())
+        return inject_adapters(self.transformer, config, extra_targets=self.nola_extra_targets(), init_seed=init_seed)
 
     def eval(self) -> Backbone:
         """Put both networks in eval mode (call again after any ``train()`` of a parent)."""

@@ -251,6 +251,10 @@ class NOLALayer(nn.Module):
         init_seed: seed of the ``alpha`` draw.
     """
 
+    adapter_layer_names: tuple[str, ...] = ("nola_alpha", "nola_beta")
+    """The trained tensors, under the attribute name peft's tuner layers use for theirs, so code that
+    collects adapter tensors (:mod:`divinr.models.adapters`) treats NOLA and peft layers alike."""
+
     def __init__(
         self,
         base: nn.Module,
@@ -429,7 +433,7 @@ class NOLAConv3d(NOLALayer):
         return f"{super().extra_repr()}, in_channel_slice={self.in_channel_slice}"
 
 
-def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Order ``blocks.2`` before ``blocks.10``: deterministic and readable."""
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in name.split("."))
 
@@ -452,6 +456,54 @@ def _wrap(name: str, module: nn.Module, bank: BasisBank, config: NOLAConfig, opt
     raise PresetError(f"NOLA cannot adapt {name!r} ({type(module).__name__}); target nn.Linear or nn.Conv3d modules")
 
 
+def select_targets(
+    model: nn.Module, target_modules: tuple[str, ...], extra_targets: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The modules of ``model`` an adapter goes on, with their per-target options, in natural order.
+
+    The one definition of "which layers are adapted": NOLA and the peft adapter families
+    (:mod:`divinr.models.adapters`) all take their layers from here, so their sets are the same.
+
+    Args:
+        model: the network (e.g. diffusers' ``WanTransformer3DModel``).
+        target_modules: full-match regexes on module names (options ``{}``).
+        extra_targets: more full-match regexes with per-target options, e.g.
+            ``{"patch_embedding": {"in_channel_slice": (16, 36)}}``; options win over
+            ``target_modules`` for a module both select.
+
+    Returns:
+        Module name -> options, in natural order (``blocks.2`` before ``blocks.10``).
+
+    Raises:
+        PresetError: a target matches nothing.
+    """
+    defaults = [_compile(p) for p in target_modules]
+    extras = [(key, _compile(key), dict(options)) for key, options in (extra_targets or {}).items()]
+    plan: dict[str, dict[str, Any]] = {}
+    extra_hits = {key: 0 for key, _, _ in extras}
+    for name, _ in model.named_modules():
+        if not name:
+            continue
+        options: dict[str, Any] | None = {} if any(p.fullmatch(name) for p in defaults) else None
+        for key, pattern, extra_options in extras:
+            if pattern.fullmatch(name):
+                options = extra_options
+                extra_hits[key] += 1
+        if options is not None:
+            plan[name] = options
+    missing = [key for key, hits in extra_hits.items() if hits == 0]
+    if missing:
+        raise PresetError(
+            f"adapter extra target(s) {missing} match no module of {type(model).__name__}; fix the names"
+        )
+    if not plan:
+        raise PresetError(
+            f"no module of {type(model).__name__} matches adapter target_modules {list(target_modules)}; "
+            "check the patterns against model.named_modules()"
+        )
+    return {name: plan[name] for name in sorted(plan, key=natural_key)}
+
+
 def inject_nola(
     model: nn.Module, config: NOLAConfig, *, extra_targets: dict[str, dict[str, Any]] | None = None
 ) -> list[str]:
@@ -464,9 +516,7 @@ def inject_nola(
     Args:
         model: the network (e.g. diffusers' ``WanTransformer3DModel``).
         config: NOLA settings; ``config.target_modules`` are full-match regexes on module names.
-        extra_targets: more full-match regexes with per-target options, e.g.
-            ``{"patch_embedding": {"in_channel_slice": (16, 36)}}``; options win over
-            ``target_modules`` for a module both select.
+        extra_targets: more targets with per-target options (see :func:`select_targets`).
 
     Returns:
         The adapted module names in natural order (``blocks.2`` before ``blocks.10``).
@@ -481,43 +531,18 @@ def inject_nola(
     if config.num_bases == 0:
         logger.info("NOLA disabled (num_bases=0): no adapters injected")
         return []
-    defaults = [_compile(p) for p in config.target_modules]
-    extras = [(key, _compile(key), dict(options)) for key, options in (extra_targets or {}).items()]
-    plan: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-    extra_hits = {key: 0 for key, _, _ in extras}
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        options: dict[str, Any] | None = {} if any(p.fullmatch(name) for p in defaults) else None
-        for key, pattern, extra_options in extras:
-            if pattern.fullmatch(name):
-                options = extra_options
-                extra_hits[key] += 1
-        if options is not None:
-            plan[name] = (module, options)
-    missing = [key for key, hits in extra_hits.items() if hits == 0]
-    if missing:
-        raise PresetError(
-            f"NOLA extra target(s) {missing} match no module of {type(model).__name__}; fix the names"
-        )
-    if not plan:
-        raise PresetError(
-            f"no module of {type(model).__name__} matches NOLA target_modules {list(config.target_modules)}; "
-            "check the patterns against model.named_modules()"
-        )
+    plan = select_targets(model, config.target_modules, extra_targets)
     bank = BasisBank.from_config(config)
-    names = sorted(plan, key=_natural_key)
-    for name in names:
-        module, options = plan[name]
+    for name, options in plan.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, _wrap(name, module, bank, config, options))
-    return names
+        setattr(model.get_submodule(parent_name), child, _wrap(name, model.get_submodule(name), bank, config, options))
+    return list(plan)
 
 
 def nola_layers(model: nn.Module) -> dict[str, NOLALayer]:
     """The NOLA wrappers of ``model`` by module name, in natural order."""
     found = {name: m for name, m in model.named_modules() if isinstance(m, NOLALayer)}
-    return {name: found[name] for name in sorted(found, key=_natural_key)}
+    return {name: found[name] for name in sorted(found, key=natural_key)}
 
 
 def eject_nola(model: nn.Module) -> None:
@@ -526,7 +551,7 @@ def eject_nola(model: nn.Module) -> None:
     The encoder uses this after training to run the decoder's exact path (fresh injection,
     dequantised coefficients, merge) on the same backbone object.
     """
-    for name, layer in sorted(nola_layers(model).items(), key=lambda item: _natural_key(item[0])):
+    for name, layer in sorted(nola_layers(model).items(), key=lambda item: natural_key(item[0])):
         layer.unmerge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base)

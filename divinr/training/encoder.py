@@ -1,7 +1,7 @@
-"""DiV-INR's encoder side: its settings and the training of INR + NOLA on one sequence.
+"""DiV-INR's encoder side: its settings and the training of INR + adapters on one sequence.
 
     Video --VAE--> cached GoP latents --DiVINRModule (dense -> prune -> Quant-Noise)--> trained
-    INR + NOLA coefficients (the codec, :class:`divinr.codec.divinr.DiVINRCodec`, codes them)
+    INR + adapter tensors (the codec, :class:`divinr.codec.divinr.DiVINRCodec`, codes them)
 
 Everything here needs Lightning; the decoder needs none of it.
 """
@@ -23,6 +23,7 @@ from divinr.data.video import Video
 from divinr.devices import resolve_device
 from divinr.errors import PresetError
 from divinr.inference.sampler import SamplerConfig
+from divinr.models.adapters import AdapterConfig, LoRAConfig, VeRAConfig, check_adapter
 from divinr.models.backbone import Backbone
 from divinr.models.inr import build_inr
 from divinr.models.nola import NOLAConfig
@@ -41,7 +42,9 @@ class EncoderConfig:
     ``target_bpp`` sizes the INR for that rate before training (:mod:`divinr.rate_control`),
     replacing ``inr``; ``inr_overrides`` still apply. ``device="auto"`` picks CUDA when present;
     ``precision="auto"`` is bf16 mixed precision with a bf16 DiT on GPU (the paper's set-up) and
-    float32 on CPU.
+    float32 on CPU. ``adapter`` picks the family that specialises the DiT (``nola``, the paper's;
+    peft's ``lora`` or ``vera``); only that family's settings (``nola``, ``lora`` or ``vera``) are
+    used. ``seed`` also seeds the initial values of LoRA's ``A``.
     """
 
     backbone: str = "tiny"
@@ -49,7 +52,10 @@ class EncoderConfig:
     inr: str = "xxs"
     inr_overrides: dict[str, Any] = field(default_factory=dict)
     target_bpp: float | None = None
+    adapter: str = "nola"
     nola: NOLAConfig = field(default_factory=NOLAConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    vera: VeRAConfig = field(default_factory=VeRAConfig)
     phases: list[Phase] = field(default_factory=paper_phases)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -65,6 +71,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if not self.phases or self.phases[0].epochs < 1:
             raise PresetError("the first (dense) training phase needs at least one epoch; an untrained stream codes nothing")
+        check_adapter(self.adapter)
         if self.mask_mode not in ("learned", "ones"):
             raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
         if self.target_bpp is not None and not self.target_bpp > 0:
@@ -84,11 +91,17 @@ class EncoderConfig:
         self.nola = replace(
             self.nola, basis_variance=_float32(self.nola.basis_variance), scaling=_float32(self.nola.scaling)
         )
+        self.lora = replace(self.lora, alpha=_float32(self.lora.alpha))
         self.sampler = replace(self.sampler, flow_shift=_float32(self.sampler.flow_shift))
 
     def pruned_fraction(self) -> float:
         """Fraction of INR decoder weights the schedule prunes (its first pruning phase decides)."""
         return next((p.prune_fraction for p in self.phases if p.prune_fraction > 0), 0.0)
+
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The settings of the chosen adapter family."""
+        return getattr(self, self.adapter)
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -130,7 +143,7 @@ def train_codec(
     callbacks: Sequence[L.Callback] = (),
     progress: bool = True,
 ) -> tuple[DiVINRModule, list[dict[str, float]]]:
-    """Train INR + NOLA on ``video`` with ``backbone`` (adapted by the caller); the module and its history.
+    """Train INR + adapters on ``video`` with ``backbone`` (adapted by the caller); the module and its history.
 
     ``header`` is the stream's planned header (its INR architecture is built here) and
     ``fingerprint`` that of the backbone's weights before adaptation (it keys the caches). With

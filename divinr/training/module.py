@@ -1,13 +1,13 @@
-"""One LightningModule per sequence: frozen Wan backbone + NOLA adapters + latent INR.
+"""One LightningModule per sequence: frozen Wan backbone + adapters (NOLA, LoRA or VeRA) + latent INR.
 
 Data flow of a training step (one GoP of the sequence):
 
     f (T',) --INR--> y (16,T',h,w), M (4,T',h,w)
     z0 (cached VAE latents), eps ~ N(0, I), t ~ logit-normal
-    z_t = (1 - t) z0 + t eps --DiT[NOLA](cat(z_t, M, y), 1000 t)--> v
+    z_t = (1 - t) z0 + t eps --DiT[adapters](cat(z_t, M, y), 1000 t)--> v
     loss = (1 - lambda) ||v - (eps - z0)||^2 + lambda ||y - z0||^2
 
-Only the INR and the NOLA coefficients train; the backbone stays frozen and in eval mode. The
+Only the INR and the adapter tensors train; the backbone stays frozen and in eval mode. The
 stage logic (pruning, Quant-Noise, learning rates) lives in :class:`~divinr.training.stages.StageCallback`.
 """
 
@@ -19,19 +19,17 @@ import lightning as L
 import torch
 from torch import nn
 
+from divinr.models.adapters import adapter_layers, adapter_owners, adapter_parameters
 from divinr.models.backbone import Backbone
 from divinr.models.inr import LatentINR, dit_conditioning, parameter_owners
 from divinr.errors import PresetError
-from divinr.models.nola import nola_layers, nola_parameters
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
 from divinr.training.stages import Phase, StageCallback, total_epochs
 
 
-NOLA_KEYS = (".nola_alpha", ".nola_beta")
-
 
 class DiVINRModule(L.LightningModule):
-    """Trains the INR and NOLA coefficients of one sequence under the dual loss.
+    """Trains the INR and the adapter tensors of one sequence under the dual loss.
 
     Args:
         backbone: the frozen Wan transformer + VAE, already adapted by the caller
@@ -74,17 +72,17 @@ class DiVINRModule(L.LightningModule):
         return self.inr.decoder_parameters()
 
     def quantised_targets(self) -> list[tuple[nn.Module, str]]:
-        """Every tensor the bitstream carries: all INR parameters and the NOLA coefficients."""
-        adapters = [owner for owner in nola_layers(self.transformer).values()]
-        return parameter_owners(self.inr) + [(a, name) for a in adapters for name in ("nola_alpha", "nola_beta")]
+        """Every tensor the bitstream carries: all INR parameters and the adapter tensors."""
+        return parameter_owners(self.inr) + adapter_owners(self.transformer)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """INR parameters and NOLA coefficients: what a checkpoint needs besides the backbone.
+        """INR parameters and adapter tensors: what a checkpoint needs besides the backbone.
 
         Selected by state-dict key, not by ``named_parameters``: under Quant-Noise the parameter
         names carry ``parametrizations.*.original`` while the saved keys stay plain.
         """
-        return {k: v for k, v in self.state_dict().items() if k.startswith("inr.") or k.endswith(NOLA_KEYS)}
+        adapters = {f"transformer.{key}" for key in adapter_parameters(self.transformer)}
+        return {k: v for k, v in self.state_dict().items() if k.startswith("inr.") or k in adapters}
 
     # -- forward ------------------------------------------------------------------------------
     def condition(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,9 +119,9 @@ class DiVINRModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         first = self.phases[0]
         groups = [{"name": "inr", "params": list(self.inr.parameters()), "lr": first.inr_lr}]
-        nola = nola_parameters(self.transformer)
-        if nola:
-            groups.append({"name": "nola", "params": nola, "lr": first.nola_lr})
+        adapters = list(adapter_parameters(self.transformer).values())
+        if adapters:
+            groups.append({"name": "adapter", "params": adapters, "lr": first.nola_lr})
         return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -132,12 +130,12 @@ class DiVINRModule(L.LightningModule):
     def train(self, mode: bool = True) -> "DiVINRModule":
         """Lightning switches modules to train mode each epoch; the frozen backbone must stay in eval.
 
-        The NOLA layers follow ``mode`` again afterwards: their Quant-Noise parametrisations use
+        The adapter layers follow ``mode`` again afterwards: their Quant-Noise parametrisations use
         the module mode to choose between rho (training) and full quantisation (evaluation).
         """
         super().train(mode)
         self.backbone.eval()
-        for layer in nola_layers(self.transformer).values():
+        for layer in adapter_layers(self.transformer).values():
             layer.train(mode)
         return self
 
@@ -149,6 +147,6 @@ class DiVINRModule(L.LightningModule):
         missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
         if missing:
             raise PresetError(
-                f"checkpoint lacks {len(missing)} INR/NOLA tensors (e.g. {missing[0]}); it was written for "
+                f"checkpoint lacks {len(missing)} INR/adapter tensors (e.g. {missing[0]}); it was written for "
                 "another configuration: resume with the same settings or delete the checkpoint"
             )

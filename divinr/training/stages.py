@@ -29,8 +29,8 @@ class Phase:
     Args:
         name: label logged when the stage starts.
         epochs: passes over the sequence's GoPs.
-        inr_lr, nola_lr: peak learning rates of the two AdamW groups; each decays on a cosine
-            to ``min_lr_ratio`` x peak over the phase.
+        inr_lr, nola_lr: peak learning rates of the two AdamW groups (INR; adapters, whatever
+            their family); each decays on a cosine to ``min_lr_ratio`` x peak over the phase.
         prune_fraction: fraction of INR decoder weights pruned when the phase starts (0 = none;
             masks from an earlier phase persist).
         quant_noise: Quant-Noise rate rho (0 = off); quantisation is ``quant_bits`` wide.
@@ -100,7 +100,7 @@ class StageCallback(L.Callback):
 
     The module must provide ``pruning_targets()`` (named INR decoder weights),
     ``quantised_targets()`` ((module, parameter name) pairs that the bitstream quantises) and an
-    optimiser whose param groups are named ``"inr"`` and ``"nola"``.
+    optimiser whose param groups are named ``"inr"`` and ``"adapter"``.
     """
 
     def __init__(self, phases: list[Phase]) -> None:
