@@ -34,7 +34,7 @@ from divinr.compression.bitstream import (
 )
 from divinr.compression.container import write_container
 from divinr.data.gop import plan_gops
-from divinr.data.video import Video, fps_fraction, read_video
+from divinr.data.video import Video, fps_fraction, pad_frames, read_video
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
 from divinr.inference.decoder import (
@@ -66,11 +66,8 @@ def coded_size(width: int, height: int) -> tuple[int, int]:
 
 
 def pad_video(video: Video, width: int, height: int) -> Video:
-    """``video`` extended to ``width`` x ``height`` by repeating its last column and row: edge
-    replication keeps the VAE's borders smooth, where zero padding would code a sharp edge."""
-    rows = torch.arange(height).clamp(max=video.height - 1)
-    cols = torch.arange(width).clamp(max=video.width - 1)
-    return replace(video, frames=video.frames[:, :, rows][:, :, :, cols])
+    """``video`` extended to ``width`` x ``height`` (:func:`~divinr.data.video.pad_frames`)."""
+    return replace(video, frames=pad_frames(video.frames, width, height))
 
 
 def load_clip(
