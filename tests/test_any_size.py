@@ -1,5 +1,5 @@
-"""Any input size: the encoder pads to multiples of 16 by edge replication, the v2 header carries
-the display size, every decode crops to it, and bpp counts the displayed pixels only."""
+"""Any input size: the encoder pads to multiples of 16 by edge replication, the header (since v2)
+carries the display size, every decode crops to it, and bpp counts the displayed pixels only."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_padding_replicates_the_last_row_and_column() -> None:
 def test_the_header_signals_the_coded_and_display_sizes(small) -> None:
     (width, height), encoded = small
     schema, values = read_header_schema(encoded.data)
-    assert (schema.version, values["display_width"], values["display_height"]) == (2, width, height)
+    assert (schema.version, values["display_width"], values["display_height"]) == (3, width, height)
     assert (values["width"], values["height"]) == coded_size(width, height)
     header = unpack(encoded.data).header
     assert (header.display_width, header.display_height, header.width, header.height) == (

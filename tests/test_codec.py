@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from divinr.cli import main, stream_info
-from divinr.compression.bitstream import SCHEMA_V2, SCHEMAS, decode_tensors, unpack
+from divinr.compression.bitstream import SCHEMA_V3, SCHEMAS, decode_tensors, unpack
 from divinr.compression.container import read_container, write_container
 from divinr.data.samples import sample_clip_path
 from divinr.errors import BitstreamError
@@ -102,11 +102,11 @@ def test_every_inr_and_nola_tensor_is_in_the_stream(encoded) -> None:
     assert all(len(torch.unique(c)) <= 64 for c in coefficients.values())
 
 
-def rewrite(data: bytes, *, version: int = 2, **fields: object) -> bytes:
+def rewrite(data: bytes, *, version: int = 3, **fields: object) -> bytes:
     """Re-emit a stream with changed header fields (valid CRC), as a different encoder would."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V2, values, sections, version=version)
+    return write_container(SCHEMA_V3, values, sections, version=version)
 
 
 def hostile_files(data: bytes) -> dict[str, bytes]:
@@ -116,7 +116,7 @@ def hostile_files(data: bytes) -> dict[str, bytes]:
         "corrupt": bytes(flipped),
         "truncated": data[: len(data) - 37],
         "wrong magic": b"RIFF" + data[4:],
-        "future version": rewrite(data, version=3),
+        "future version": rewrite(data, version=4),
         "wrong backbone": rewrite(data, backbone_fingerprint=bytes(16)),
         "unknown backbone": rewrite(data, backbone="wan9-huge"),
         "empty": b"",

@@ -19,6 +19,7 @@ from divinr.codec import decompress
 from divinr.compression.bitstream import (
     DIVINR_V1,
     DIVINR_V2,
+    DIVINR_V3,
     HEADER_SCHEMAS,
     PIXEL_INR_V1,
     PIXEL_INR_V2,
@@ -97,7 +98,8 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
 
 def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     """A v1 stream reads to a header displayed at its coded size, which v1 writes back to the same
-    bytes; DiV-INR headers are now written in v2, with the display size after the coded size."""
+    bytes; DiV-INR headers are now written in v3, with the display size after the coded size and
+    the conditioning (the INR, as in every v1 stream) at the end."""
     data, _ = fixture("divinr_v1")
     version, values, sections = read_container(data, SCHEMAS)
     header = unpack(data).header
@@ -105,8 +107,10 @@ def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     assert (header.display_width, header.display_height) == (header.width, header.height)
     assert write_container(DIVINR_V1.elements, DIVINR_V1.to_fields(header), sections, version=version) == data
     assert DIVINR_V1.to_fields(header) == values
-    assert writer_schema(StreamHeader) is DIVINR_V2
-    assert header.to_fields() == {**values, "display_width": header.width, "display_height": header.height}
+    assert writer_schema(StreamHeader) is DIVINR_V3
+    assert header.to_fields() == {
+        **values, "display_width": header.width, "display_height": header.height, "conditioning": 0
+    }
 
 
 def test_a_v1_pixel_stream_reads_as_a_pixel_header_without_its_placeholders() -> None:
@@ -145,12 +149,17 @@ LATENT_HEAD_ONLY = Counter({"inr.out_channels": 1, "inr.mask_channels": 1})
 
 # The display size (format v2): a v1 stream has none and displays its coded size.
 DISPLAY = Counter({"display_width": 1, "display_height": 1})
+# The conditioning (format v3): v1 and v2 streams have none and condition on their INR.
+CONDITIONING = Counter({"conditioning": 1})
 
 
 @pytest.mark.parametrize(
     ("schema", "unsent"),
-    [(DIVINR_V1, DISPLAY), (DIVINR_V2, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)],
-    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
+    [
+        (DIVINR_V1, DISPLAY + CONDITIONING), (DIVINR_V2, CONDITIONING), (DIVINR_V3, Counter()),
+        (PIXEL_INR_V2, LATENT_HEAD_ONLY),
+    ],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
 )
 def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:
     """The element table is the one place a field is declared: adding an attribute to a typed
@@ -177,7 +186,7 @@ def test_the_pixel_headers_are_the_divinr_elements_the_pixel_header_has_a_place_
     v2 = [e.name for e in PIXEL_INR_V2.elements]
     assert v2 == [e.name for e in PIXEL_INR_V1.elements if e.path is not None]
     assert not [n for n in v2 if n.startswith(("backbone", "nola", "sampler", "gop", "mask", "dit"))]
-    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (1, 1), (2, 1)}
+    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)}
 
 
 def divinr_header() -> StreamHeader:
@@ -207,8 +216,8 @@ TIED = {"width": "display_width", "height": "display_height"}
 
 @pytest.mark.parametrize(
     "schema, header",
-    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (PIXEL_INR_V2, PIXEL)],
-    ids=["divinr_v1", "divinr_v2", "pixel_inr_v2"],
+    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (DIVINR_V3, divinr_header()), (PIXEL_INR_V2, PIXEL)],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
 )
 def test_every_element_round_trips_to_its_own_place(schema: HeaderSchema[Any], header: Any) -> None:
     """Each field, changed alone, changes the typed header and comes back unchanged (the frame

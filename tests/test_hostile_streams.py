@@ -29,7 +29,7 @@ from divinr.cli import main
 from divinr.compression.bitstream import (
     MAX_FRAMES,
     MAX_GOP,
-    SCHEMA_V2,
+    SCHEMA_V3,
     SCHEMAS,
     CodecKind,
     MaskMode,
@@ -141,6 +141,7 @@ HOSTILE = [
     ("sampler_flow_shift", 3e38),
     ("sampler_order", 0),
     ("sampler_order", 255),
+    ("conditioning", 2),
 ]
 NON_FINITE = [(name, value) for name in ("nola_variance", "nola_scaling", "sampler_flow_shift") for value in ("nan", "inf", "-inf")]
 # Fields whose every value is meaningful: extremes must still give a valid, strict-JSON header.
@@ -164,7 +165,7 @@ def rewrite(data: bytes, **fields: object) -> bytes:
     """Re-emit ``data`` with changed header fields and a valid CRC, bypassing the encoder's checks."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V2, values, sections, version=2)
+    return write_container(SCHEMA_V3, values, sections, version=3)
 
 
 def geometry(width: int, height: int) -> dict[str, int]:
@@ -219,7 +220,7 @@ def assert_refused(data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture, p
 
 def test_every_header_field_is_covered() -> None:
     covered = {name for name, _ in HOSTILE + NON_FINITE} | ANY_VALUE_FIELDS
-    assert covered == {f.name for f in SCHEMA_V2}
+    assert covered == {f.name for f in SCHEMA_V3}
 
 
 def expected_message(name: str, value: object) -> str:

@@ -1,11 +1,14 @@
 """The divinr bitstreams: what each decoder needs, declared field by field, and nothing else.
 
     container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
-      DiV-INR v2    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
+      DiV-INR v3    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
                     size and display size), GoP length, INR architecture, mask mode, quantiser
-                    width, NOLA settings, sampler (v1, still read: no display size)
+                    width, NOLA settings, sampler, conditioning (v2, still read: INR
+                    conditioning only; v1, still read: no display size either)
       pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
       "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
+      "keyframes"   (DiV-INR with JPEG conditioning, instead of "inr") one JPEG file per GoP
+                    (:mod:`divinr.compression.jpeg`); such a header's INR fields are not read
       "nola"        (DiV-INR) every NOLA coefficient vector (alpha, beta per layer), same coding
       CRC32
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Union
@@ -65,8 +68,8 @@ if TYPE_CHECKING:
     from divinr.models.inr import INRConfig
     from divinr.models.nola import NOLAConfig
 
-FORMAT_VERSION = 2
-"""The format version DiV-INR streams are written in (v2 added the display size)."""
+FORMAT_VERSION = 3
+"""The format version DiV-INR streams are written in (v2 added the display size, v3 the conditioning)."""
 BLOCK = 16
 """Coded sides are multiples of this: the VAE downsamples by 8 and the DiT patches latents by 2."""
 
@@ -83,10 +86,18 @@ class MaskMode(enum.IntEnum):
     ONES = 1
 
 
+class Conditioning(enum.IntEnum):
+    """What gives the DiT its (y, M): the INR (the paper's codec) or JPEG keyframes (its ablation)."""
+
+    INR = 0
+    JPEG = 1
+
+
 INR_HEAD_CODES = {"latent": 0, "rgb": 1}
 # Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
 DIT_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
 MASK_MODE_CODES = {mode: int(mode) for mode in MaskMode}
+CONDITIONING_CODES = {kind: int(kind) for kind in Conditioning}
 
 # Upper bounds checked before anything is built from a header (a hostile file must not make the
 # decoder allocate gigabytes, loop for hours or hand the transformer what it cannot take).
@@ -145,6 +156,7 @@ class StreamHeader(_TypedHeader):
     ``width`` x ``height`` is the coded size (multiples of :data:`BLOCK`, what the VAE and DiT
     see); ``display_width`` x ``display_height`` is the conformance window the decoder crops to
     (the input's size; 0 stands for the coded size, as in v1 streams, and is replaced by it).
+    ``conditioning`` says which section gives the DiT its (y, M) (v1 and v2 streams: the INR).
     """
 
     kind: CodecKind
@@ -164,6 +176,7 @@ class StreamHeader(_TypedHeader):
     model_dtype: str = "float32"
     display_width: int = 0
     display_height: int = 0
+    conditioning: Conditioning = Conditioning.INR
 
     def __post_init__(self) -> None:
         for side in ("width", "height"):
@@ -250,6 +263,11 @@ _DISPLAY_ELEMENTS = (
 _AFTER_GEOMETRY = [e.name for e in DIVINR_ELEMENTS].index("height") + 1
 DIVINR_V2_ELEMENTS = DIVINR_ELEMENTS[:_AFTER_GEOMETRY] + _DISPLAY_ELEMENTS + DIVINR_ELEMENTS[_AFTER_GEOMETRY:]
 """Format v2: v1's elements with the display size after the coded size."""
+_V3_ELEMENTS: tuple[Element, ...] = (
+    Element("conditioning", U8, "conditioning", codes=CONDITIONING_CODES),
+)
+DIVINR_V3_ELEMENTS = DIVINR_V2_ELEMENTS + _V3_ELEMENTS
+"""Format v3: v2's elements, then those v3 added."""
 
 
 # -- cross-field rules --------------------------------------------------------------------------
@@ -289,6 +307,13 @@ def _stages_rule(v: Mapping[str, HeaderValue]) -> str | None:
     return None
 
 
+def _keyframes_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    """A keyframe stream's masks come from its keyframes: it signals no mask mode but the default."""
+    if v["conditioning"] == Conditioning.JPEG and v["mask_mode"] != MaskMode.LEARNED:
+        return f"header mask_mode {v['mask_mode']} in a JPEG-conditioned stream, whose masks come from its keyframes"
+    return None
+
+
 def _backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
     backbone, fingerprint = value_of(v, "backbone", str), value_of(v, "backbone_fingerprint", bytes)
     if not _BACKBONE_NAME.fullmatch(backbone):
@@ -306,10 +331,14 @@ def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
 
 # -- the schemas, keyed by (format version, codec kind) -----------------------------------------
 _DIVINR_RULES = (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule)
-# v1 stays readable (its streams display the coded size); headers are written with v2.
+# v1 and v2 stay readable (v1 streams display the coded size, both are INR-conditioned);
+# headers are written with v3.
 DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(1, DIVINR_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES)
 DIVINR_V2: HeaderSchema[StreamHeader] = HeaderSchema(
-    FORMAT_VERSION, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+    2, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+)
+DIVINR_V3: HeaderSchema[StreamHeader] = HeaderSchema(
+    FORMAT_VERSION, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule, _keyframes_rule)
 )
 _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
@@ -341,14 +370,16 @@ PIXEL_INR_V1: HeaderSchema[PixelINRHeader] = HeaderSchema(
     PixelINRHeader, _config_types, (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _no_backbone_rule),
 )  # fmt: skip
 HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {
-    s.key: s for s in (DIVINR_V1, DIVINR_V2, PIXEL_INR_V1, PIXEL_INR_V2)
+    s.key: s for s in (DIVINR_V1, DIVINR_V2, DIVINR_V3, PIXEL_INR_V1, PIXEL_INR_V2)
 }
 SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
 """What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
 SCHEMA_V1 = DIVINR_V1.elements
 """DiV-INR format v1's fields, for writing a container by hand (tests rewrite streams with it)."""
 SCHEMA_V2 = DIVINR_V2.elements
-"""DiV-INR format v2's fields (the ones DiV-INR streams are written with), for the same use."""
+"""DiV-INR format v2's fields, for the same use."""
+SCHEMA_V3 = DIVINR_V3.elements
+"""DiV-INR format v3's fields (the ones DiV-INR streams are written with), for the same use."""
 
 
 def writer_schema(header_type: type) -> HeaderSchema[Any]:
@@ -419,20 +450,40 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
 
 @dataclass(frozen=True)
 class Bitstream:
-    """A parsed stream: the header and the two tensor sections, still coded."""
+    """A parsed stream: the header and its sections, still coded (a keyframe stream's
+    ``keyframes_section`` replaces ``inr_section``, which is then empty)."""
 
     header: Header
     inr_section: bytes
     nola_section: bytes
+    keyframes_section: bytes = b""
 
 
-def pack(header: Header, inr_tensors: Mapping[str, torch.Tensor], nola_tensors: Mapping[str, torch.Tensor]) -> bytes:
-    """Write a complete bitstream; ``nola_tensors`` empty for the pixel baseline or b = 0."""
+def pack(
+    header: Header,
+    inr_tensors: Mapping[str, torch.Tensor],
+    nola_tensors: Mapping[str, torch.Tensor],
+    keyframes: Sequence[bytes] = (),
+) -> bytes:
+    """Write a complete bitstream; ``nola_tensors`` empty for the pixel baseline or b = 0.
+
+    A JPEG-conditioned header takes ``keyframes`` (one JPEG file per GoP) and no INR tensors.
+    """
     schema = writer_schema(type(header))
-    sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
+    fields = schema.to_fields(header)
+    if _keyframe_conditioned(fields):
+        if inr_tensors:
+            raise ValueError("a JPEG-conditioned stream carries keyframes, not INR tensors")
+        from divinr.compression.jpeg import pack_keyframes
+
+        sections = [("keyframes", pack_keyframes(keyframes))]
+    elif keyframes:
+        raise ValueError("keyframes need a JPEG-conditioned header")
+    else:
+        sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
     if nola_tensors:
         sections.append(("nola", encode_tensors(nola_tensors, header.quant_bits)))
-    return write_container(schema.elements, schema.to_fields(header), sections, version=schema.version)
+    return write_container(schema.elements, fields, sections, version=schema.version)
 
 
 def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[str, bytes]]:
@@ -443,12 +494,21 @@ def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
-    unknown = set(named) - {"inr", "nola"}
-    if unknown or "inr" not in named:
-        raise BitstreamError(f"unexpected sections {sorted(named)}; expected 'inr' and optionally 'nola'")
+    keyframed = _keyframe_conditioned(values)
+    conditioning = "keyframes" if keyframed else "inr"
+    if set(named) - {conditioning, "nola"} or conditioning not in named:
+        raise BitstreamError(
+            f"unexpected sections {sorted(named)}: the header signals {'JPEG' if keyframed else 'INR'} "
+            f"conditioning, so expected '{conditioning}' and optionally 'nola'; the bitstream is corrupt"
+        )
     if ("nola" in named) != _carries_nola(schema, values):
         raise BitstreamError("NOLA section presence disagrees with the header; the bitstream is corrupt")
     return schema, values, named
+
+
+def _keyframe_conditioned(values: Mapping[str, HeaderValue]) -> bool:
+    """Whether a stream conditions on JPEG keyframes (streams without the field: on an INR)."""
+    return values.get("conditioning", Conditioning.INR) == Conditioning.JPEG
 
 
 def _carries_nola(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> bool:
@@ -476,15 +536,18 @@ def read_header(data: bytes) -> dict[str, HeaderValue]:
 def unpack(data: bytes) -> Bitstream:
     """Parse and validate the container and header; tensors are decoded by :func:`decode_tensors`."""
     schema, values, named = _read(data)
-    return Bitstream(schema.from_fields(values), named["inr"], named.get("nola", b""))
+    return Bitstream(
+        schema.from_fields(values), named.get("inr", b""), named.get("nola", b""), named.get("keyframes", b"")
+    )
 
 
 def bits_breakdown(data: bytes) -> dict[str, int]:
     """Bits by part: ``header`` (magic, version, fields, section count, CRC) and each section
-    (its name and length prefix included); the parts sum to ``total`` = 8 x file size."""
+    (``inr`` or ``keyframes``, and ``nola``; 0 where a stream has none; its name and length
+    prefix included); the parts sum to ``total`` = 8 x file size."""
     version, values, sections = read_container(data, SCHEMAS)
     parts = dict(bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections))
-    result = {"header": parts.pop("header"), "inr": parts.pop("inr", 0), "nola": parts.pop("nola", 0)}
+    result = {name: parts.pop(name, 0) for name in ("header", "inr", "keyframes", "nola")}
     result["total"] = 8 * len(data)
     if sum(v for k, v in result.items() if k != "total") != result["total"]:
         raise BitstreamError("section sizes do not add up to the file size; the bitstream is corrupt")
