@@ -111,6 +111,8 @@ def encode_defaults() -> dict[str, Any]:
         "steps": SamplerConfig.steps,
         "gop": EncoderConfig.gop_size,
         "nola_bases": NOLAConfig.num_bases,
+        "conditioning": EncoderConfig.conditioning,
+        "keyframe_quality": EncoderConfig.keyframe_quality,
         "device": EncoderConfig.device,
         "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
     }
@@ -149,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--steps", type=int, help="UniPC sampling steps at the decoder (default %(default)s)")
     enc.add_argument("--gop", type=int, help="GoP length (1+4k frames; default %(default)s)")
     enc.add_argument("--nola-bases", type=int, help="NOLA bases per factor (0 disables adapters; default %(default)s)")
+    enc.add_argument(
+        "--conditioning",
+        help="inr (the paper's codec) or jpeg (ablation: each GoP's first frame JPEG-coded instead of an INR; "
+        "default %(default)s)",
+    )
+    enc.add_argument(
+        "--keyframe-quality", type=int, metavar="Q", help="JPEG quality 1..100 of --conditioning jpeg (default %(default)s)"
+    )
     enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
         "--gradient-checkpointing",
@@ -240,10 +250,12 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 def _check_encode_flags(args: argparse.Namespace) -> None:
     """Check the encode flags' values up front, so an error names the flag rather than the API argument behind it."""
-    from divinr.compression.bitstream import MAX_SAMPLER_STEPS
+    from divinr.compression.bitstream import MAX_SAMPLER_STEPS, Conditioning
+    from divinr.compression.jpeg import MAX_QUALITY, MIN_QUALITY
     from divinr.models.nola import MAX_NUM_BASES
 
     fps_ok = args.fps is None or (math.isfinite(args.fps) and args.fps > 0)
+    kinds = [kind.name.lower() for kind in Conditioning]
     checks = (
         ("--frames", args.frames, args.frames is None or args.frames >= 1, "a number of frames >= 1"),
         ("--start", args.start, args.start >= 0, "a frame index >= 0"),
@@ -251,6 +263,11 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
         ("--steps", args.steps, 1 <= args.steps <= MAX_SAMPLER_STEPS, f"a step count in 1..{MAX_SAMPLER_STEPS}"),
         ("--gop", args.gop, args.gop >= 1 and args.gop % 4 == 1, "1 + 4k frames, e.g. 17, 25 or 33"),
         ("--nola-bases", args.nola_bases, 0 <= args.nola_bases <= MAX_NUM_BASES, f"0..{MAX_NUM_BASES} (0 disables NOLA)"),
+        ("--conditioning", args.conditioning, args.conditioning in kinds, " or ".join(kinds)),
+        (
+            "--keyframe-quality", args.keyframe_quality, MIN_QUALITY <= args.keyframe_quality <= MAX_QUALITY,
+            f"a JPEG quality in {MIN_QUALITY}..{MAX_QUALITY}",
+        ),
         ("--bit-depth", args.bit_depth, args.bit_depth in (8, 10), "8 or 10"),
         ("--fps", args.fps, fps_ok, "a positive frame rate"),
     )
@@ -311,6 +328,8 @@ def _encode(args: argparse.Namespace) -> int:
         phases=paper_phases(*args.epochs),
         sampler=SamplerConfig(steps=args.steps, noise_seed=args.seed),
         gop_size=args.gop,
+        conditioning=args.conditioning,
+        keyframe_quality=args.keyframe_quality,
         seed=args.seed,
         device=args.device,
         gradient_checkpointing=(
@@ -322,9 +341,10 @@ def _encode(args: argparse.Namespace) -> int:
     )
     if result.reconstruction is not None:
         write_video(args.recon, result.reconstruction.frames, video.fps)
+    condition = "keyframes" if result.bits["keyframes"] else "inr"
     print(
         f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp "
-        f"(inr {result.bits['inr']} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
+        f"({condition} {result.bits[condition]} / nola {result.bits['nola']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )
     return 0
@@ -360,9 +380,10 @@ def stream_info(data: bytes) -> dict[str, Any]:
     """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
     Reads the header without torch or diffusers, so it takes milliseconds, not seconds. A
-    pixel-INR stream has no backbone, GoP, mask, NOLA or sampler entries.
+    pixel-INR stream has no backbone, GoP, mask, NOLA or sampler entries; a JPEG-conditioned
+    DiV-INR stream no INR or mask entries (its header's are not read).
     """
-    from divinr.compression.bitstream import CodecKind, bits_breakdown, read_header_schema
+    from divinr.compression.bitstream import CodecKind, Conditioning, bits_breakdown, read_header_schema
     from divinr.rate import bits_per_pixel
 
     schema, v = read_header_schema(data)
@@ -387,14 +408,18 @@ def stream_info(data: bytes) -> dict[str, Any]:
     }
     if schema.kind == CodecKind.DIVINR:
         nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
+        conditioning = view.get("conditioning", Conditioning.INR)  # v1 and v2 streams: always the INR
         info.update(
             gop_size=v["gop_size"],
             backbone=v["backbone"],
             backbone_fingerprint=v["backbone_fingerprint"].hex(),
+            conditioning=conditioning.name.lower(),
             mask_mode=view["mask_mode"].name.lower(),
             nola={"layers": v["nola_layers"], **nola},
             sampler=view["sampler"],
         )
+        if conditioning == Conditioning.JPEG:
+            del info["inr"], info["mask_mode"]
     return info
 
 
@@ -411,11 +436,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  video     {info['frames']} frames {shown[0]}x{shown[1]}{padded} @ {info['fps']:g} fps{gop}")
     if "backbone" in info:
         print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
-    print(f"  inr       {info['inr']}")
+    conditioning = "inr" if "inr" in info else "keyframes"
+    if "inr" in info:
+        print(f"  inr       {info['inr']}")
+    else:
+        print("  keyframes one JPEG file per GoP (its first frame)")
     for part in ("nola", "sampler"):
         if part in info:
             print(f"  {part:9s} {info[part]}")
-    for part in ("inr", "nola", "header"):
+    for part in (conditioning, "nola", "header"):
         print(f"  {part:9s} {bits[part]:>10d} bits  {100 * bits[part] / bits['total']:5.1f} %")
     print(f"  total     {bits['total']:>10d} bits  {info['bpp']:.6f} bpp")
     return 0

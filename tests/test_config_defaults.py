@@ -64,7 +64,10 @@ def library_settings() -> dict[str, dict[str, Any]]:
     dense, prune, quant = paper_phases()
     data = _defaults(sequence_source)
     settings = {
-        "": {"gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode},
+        "": {
+            "gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode, "conditioning": encoder.conditioning,
+            "keyframe_quality": encoder.keyframe_quality,
+        },
         "backbone": {
             "preset": encoder.backbone, "path": encoder.backbone_path,
             "gradient_checkpointing": encoder.gradient_checkpointing,
@@ -181,6 +184,8 @@ def test_cli_defaults_are_the_library_defaults() -> None:
         "steps": encoder.sampler.steps,
         "gop": encoder.gop_size,
         "nola_bases": encoder.nola.num_bases,
+        "conditioning": encoder.conditioning,
+        "keyframe_quality": encoder.keyframe_quality,
         "device": encoder.device,
         "bit_depth": video["bit_depth"],
     }
