@@ -6,9 +6,9 @@
 
 The Wan VAE is causal: its first latent frame depends on the first frame only, so the keyframe
 encoded alone is exactly the latent frame it covers, and M is 1 on that frame and 0 on the
-others. This is the image-to-video conditioning Wan I2V / Fun-InP models (and the ``first``
-kind of divinr's pretraining mixture) are trained on. One place builds it for training and
-for the decoder, so the two cannot drift apart.
+others: the ``first`` kind of divinr's pretraining mixture (Wan's own image-to-video models
+VAE-encode blank frames after the image instead of leaving zeros). One place builds it for
+training and for the decoder, so the two cannot drift apart.
 """
 
 from __future__ import annotations
