@@ -118,6 +118,8 @@ def encode_defaults() -> dict[str, Any]:
         "gop": EncoderConfig.gop_size,
         "nola_bases": NOLAConfig.num_bases,
         "adapter": EncoderConfig.adapter,
+        "conditioning": EncoderConfig.conditioning,
+        "keyframe_quality": EncoderConfig.keyframe_quality,
         "device": EncoderConfig.device,
         "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
     }
@@ -163,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--nola-bases", type=int, help="NOLA bases per factor (0 disables adapters; default %(default)s)")
     enc.add_argument("--adapter", help="adapter family: nola (the paper's), or peft's lora or vera (default %(default)s)")
     enc.add_argument("--adapter-rank", type=int, help="rank of the chosen adapter (default: the family's own)")
+    enc.add_argument(
+        "--conditioning",
+        help="inr (the paper's codec) or jpeg (ablation: each GoP's first frame JPEG-coded instead of an INR; "
+        "default %(default)s)",
+    )
+    enc.add_argument(
+        "--keyframe-quality", type=int, metavar="Q", help="JPEG quality 1..100 of --conditioning jpeg (default %(default)s)"
+    )
     enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
         "--gradient-checkpointing",
@@ -254,7 +264,8 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 def _check_encode_flags(args: argparse.Namespace) -> None:
     """Check the encode flags' values up front, so an error names the flag rather than the API argument behind it."""
-    from divinr.compression.bitstream import MAX_SAMPLER_STEPS
+    from divinr.compression.bitstream import MAX_SAMPLER_STEPS, Conditioning
+    from divinr.compression.jpeg import MAX_QUALITY, MIN_QUALITY
     from divinr.models.adapters import ADAPTERS, MAX_LORA_RANK, MAX_VERA_RANK
     from divinr.models.nola import MAX_NUM_BASES, MAX_RANK
 
@@ -262,6 +273,7 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
         raise DivinrError(f"--adapter {args.adapter}: expected one of {', '.join(ADAPTERS)}")
     max_rank = {"nola": MAX_RANK, "lora": MAX_LORA_RANK, "vera": MAX_VERA_RANK}[args.adapter]
     fps_ok = args.fps is None or (math.isfinite(args.fps) and args.fps > 0)
+    kinds = [kind.name.lower() for kind in Conditioning]
     checks = (
         ("--frames", args.frames, args.frames is None or args.frames >= 1, "a number of frames >= 1"),
         ("--start", args.start, args.start >= 0, "a frame index >= 0"),
@@ -271,6 +283,11 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
         ("--nola-bases", args.nola_bases, 0 <= args.nola_bases <= MAX_NUM_BASES, f"0..{MAX_NUM_BASES} (0 disables NOLA)"),
         ("--adapter-rank", args.adapter_rank, args.adapter_rank is None or 1 <= args.adapter_rank <= max_rank,
          f"a {args.adapter} rank in 1..{max_rank}"),
+        ("--conditioning", args.conditioning, args.conditioning in kinds, " or ".join(kinds)),
+        (
+            "--keyframe-quality", args.keyframe_quality, MIN_QUALITY <= args.keyframe_quality <= MAX_QUALITY,
+            f"a JPEG quality in {MIN_QUALITY}..{MAX_QUALITY}",
+        ),
         ("--bit-depth", args.bit_depth, args.bit_depth in (8, 10), "8 or 10"),
         ("--fps", args.fps, fps_ok, "a positive frame rate"),
     )
@@ -340,6 +357,8 @@ def _encode(args: argparse.Namespace) -> int:
         phases=paper_phases(*args.epochs),
         sampler=SamplerConfig(steps=args.steps, noise_seed=args.seed),
         gop_size=args.gop,
+        conditioning=args.conditioning,
+        keyframe_quality=args.keyframe_quality,
         seed=args.seed,
         device=args.device,
         gradient_checkpointing=(
@@ -352,9 +371,10 @@ def _encode(args: argparse.Namespace) -> int:
     if result.reconstruction is not None:
         write_video(args.recon, result.reconstruction.frames, video.fps)
     target = "" if result.predicted_bpp is None else f" (target {args.target_bpp:g}, predicted {result.predicted_bpp:.5f})"
+    condition = "keyframes" if result.bits["keyframes"] else "inr"
     print(
         f"wrote {args.output}: {len(result.data)} bytes, {result.bpp:.5f} bpp{target} "
-        f"(inr {result.bits['inr']} / {args.adapter} {result.bits['adapter']} / header {result.bits['header']} bits), "
+        f"({condition} {result.bits[condition]} / {args.adapter} {result.bits['adapter']} / header {result.bits['header']} bits), "
         f"{video.num_frames} frames {video.width}x{video.height}, encode {result.encode_seconds:.1f} s"
     )
     return 0
@@ -389,11 +409,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def stream_info(data: bytes) -> dict[str, Any]:
     """Header fields, bits by part and bpp of a bitstream (what ``divinr info --json`` prints).
 
-    Reads the header without torch or diffusers, so it takes milliseconds, not seconds. A
-    A DiV-INR stream shows the settings of its adapter family only (under the family's name);
-    a pixel-INR stream has no backbone, GoP, mask, adapter or sampler entries.
+    Reads the header without torch or diffusers, so it takes milliseconds, not seconds.
+    A DiV-INR stream shows the settings of its adapter family only (under the family's name), a
+    JPEG-conditioned one no INR or mask entries (its header's are not read); a pixel-INR stream
+    has no backbone, GoP, mask, adapter or sampler entries.
     """
-    from divinr.compression.bitstream import CodecKind, bits_breakdown, read_header_schema
+    from divinr.compression.bitstream import CodecKind, Conditioning, bits_breakdown, read_header_schema
     from divinr.rate import bits_per_pixel
 
     schema, v = read_header_schema(data)
@@ -419,15 +440,20 @@ def stream_info(data: bytes) -> dict[str, Any]:
     if schema.kind == CodecKind.DIVINR:
         adapter = view.get("adapter", "nola")  # v1 and v2 streams: NOLA
         settings = {k: value for k, value in view[adapter].items() if k != "target_modules"}
+        nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
+        conditioning = view.get("conditioning", Conditioning.INR)  # v1 and v2 streams: always the INR
         info.update(
             gop_size=v["gop_size"],
             backbone=v["backbone"],
             backbone_fingerprint=v["backbone_fingerprint"].hex(),
+            conditioning=conditioning.name.lower(),
             mask_mode=view["mask_mode"].name.lower(),
             adapter=adapter,
             sampler=view["sampler"],
         )
         info[adapter] = {"layers": v["nola_layers"], **settings}
+        if conditioning == Conditioning.JPEG:
+            del info["inr"], info["mask_mode"]
     return info
 
 
@@ -444,11 +470,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  video     {info['frames']} frames {shown[0]}x{shown[1]}{padded} @ {info['fps']:g} fps{gop}")
     if "backbone" in info:
         print(f"  backbone  {info['backbone']} {info['backbone_fingerprint'][:16]}")
-    print(f"  inr       {info['inr']}")
+    conditioning = "inr" if "inr" in info else "keyframes"
+    if "inr" in info:
+        print(f"  inr       {info['inr']}")
+    else:
+        print("  keyframes one JPEG file per GoP (its first frame)")
     for part in (info.get("adapter"), "sampler"):
         if part in info:
             print(f"  {part:9s} {info[part]}")
-    for part in ("inr", "adapter", "header"):
+    for part in (conditioning, "adapter", "header"):
         print(f"  {part:9s} {bits[part]:>10d} bits  {100 * bits[part] / bits['total']:5.1f} %")
     print(f"  total     {bits['total']:>10d} bits  {info['bpp']:.6f} bpp")
     return 0

@@ -41,7 +41,7 @@ def summary_table(results: list[RunResult]) -> str:
         The table as text, one header line and one line per result.
     """
     head = (
-        f"{'point':<36} {'bpp':>9} {'header':>8} {'inr':>10} {'adapter':>9} {'psnr':>6} {'ms_ssim':>7} "
+        f"{'point':<36} {'bpp':>9} {'header':>8} {'inr':>10} {'keyframes':>10} {'adapter':>9} {'psnr':>6} {'ms_ssim':>7} "
         f"{'enc s':>7} {'dec s':>6}"
     )
     lines = [head, "-" * len(head)]
@@ -53,7 +53,7 @@ def summary_table(results: list[RunResult]) -> str:
         bits = r.bits
         lines.append(
             f"{name:<36} {_number(r.bpp, 6):>9} {bits.get('header', 0):>8,} {bits.get('inr', 0):>10,} "
-            f"{bits.get('adapter', 0):>9,} {_number(r.metrics.get('psnr'), 2):>6} "
+            f"{bits.get('keyframes', 0):>10,} {bits.get('adapter', 0):>9,} {_number(r.metrics.get('psnr'), 2):>6} "
             f"{_number(r.metrics.get('ms_ssim'), 4):>7} {_number(r.encode_seconds, 1):>7} "
             f"{_number(r.decode_seconds, 1):>6}"
         )

@@ -124,6 +124,8 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         sampler=SamplerConfig(**OmegaConf.to_container(cfg.sampler, resolve=True)),
         gop_size=cfg.gop_size,
         mask_mode=cfg.mask_mode,
+        conditioning=cfg.conditioning,
+        keyframe_quality=cfg.keyframe_quality,
         quant_bits=training.bits,
         seed=training.seed,
         device=training.device,
@@ -143,13 +145,14 @@ def load_frames(cfg: DictConfig) -> Video:
 
 
 def default_label(cfg: DictConfig) -> str:
-    """Describes the curve (not the point): backbone, adapter size, schedule, mask."""
+    """Describes the curve (not the point): backbone, adapter size, schedule, mask or keyframes."""
     t = cfg.training
     epochs = [p.epochs for p in t.phases] if t.phases else [t.dense_epochs, t.prune_epochs, t.quant_epochs]
     schedule = "/".join(str(e) for e in epochs)
     mask = ", M=1" if cfg.mask_mode == "ones" else ""
     sizes = {"nola": f"NOLA b={cfg.nola.num_bases}", "lora": f"LoRA r={cfg.lora.rank}", "vera": f"VeRA r={cfg.vera.rank}"}
-    return f"DiV-INR ({cfg.backbone.preset}, {sizes.get(cfg.adapter, cfg.adapter)}, {schedule} ep{mask})"
+    keyframes = ", JPEG keyframes" if cfg.conditioning == "jpeg" else ""
+    return f"DiV-INR ({cfg.backbone.preset}, {sizes.get(cfg.adapter, cfg.adapter)}, {schedule} ep{mask}{keyframes})"
 
 
 # ---------------------------------------------------------------------------- loggers

@@ -198,9 +198,11 @@ class DivinrConfig:
 
     The point's folder is ``results_root/exp_name/<dataset or clip>/<sequence>/rate_point``;
     ``rate_point`` must name everything that differs between the points of a sweep (an
-    ablation adds tags such as ``-b500``; ``${inr_size:}`` is the INR preset, or ``bpp<target>``
-    with ``inr.target_bpp`` set), ``codec`` names the RD curve the point belongs to.
-    ``adapter`` picks the adapter family (``nola``, ``lora`` or ``vera``) whose group applies.
+    ablation adds tags such as ``-b500`` or ``jpeg-q30``; ``${inr_size:}`` is the INR preset, or
+    ``bpp<target>`` with ``inr.target_bpp`` set), ``codec`` names the RD curve the point belongs
+    to. ``adapter`` picks the adapter family (``nola``, ``lora`` or ``vera``) whose group applies.
+    ``gop_size``, ``mask_mode``, ``conditioning`` and ``keyframe_quality`` are
+    :class:`~divinr.training.encoder.EncoderConfig`'s.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
     (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
@@ -222,6 +224,8 @@ class DivinrConfig:
     gop_size: int = EncoderConfig.gop_size
     mask_mode: str = EncoderConfig.mask_mode
     adapter: str = EncoderConfig.adapter
+    conditioning: str = EncoderConfig.conditioning
+    keyframe_quality: int = EncoderConfig.keyframe_quality
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     backbone: BackboneConf = field(default_factory=BackboneConf)
     inr: INRConf = field(default_factory=INRConf)

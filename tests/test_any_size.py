@@ -1,5 +1,5 @@
-"""Any input size: the encoder pads to multiples of 16 by edge replication, the v2 header carries
-the display size, every decode crops to it, and bpp counts the displayed pixels only."""
+"""Any input size: the encoder pads to multiples of 16 by edge replication, the header (since v2)
+carries the display size, every decode crops to it, and bpp counts the displayed pixels only."""
 
 from __future__ import annotations
 

@@ -207,6 +207,9 @@ def test_mutated_streams_only_ever_raise_bitstream_error(encoded, data: st.DataO
         (["--bit-depth", "9"], "--bit-depth 9"),
         (["--fps", "nan"], "--fps nan"),
         (["--fps", "-25"], "--fps -25.0"),
+        (["--conditioning", "png"], "--conditioning png: expected inr or jpeg"),
+        (["--keyframe-quality", "0"], "--keyframe-quality 0: expected a JPEG quality in 1..100"),
+        (["--conditioning", "jpeg", "--nola-bases", "0"], "trains nothing (there is no INR)"),
     ],
 )
 def test_encode_refuses_bad_settings_before_any_work(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -64,7 +64,10 @@ def library_settings() -> dict[str, dict[str, Any]]:
     dense, prune, quant = paper_phases()
     data = _defaults(sequence_source)
     settings = {
-        "": {"gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode, "adapter": encoder.adapter},
+        "": {
+            "gop_size": encoder.gop_size, "mask_mode": encoder.mask_mode, "adapter": encoder.adapter,
+            "conditioning": encoder.conditioning, "keyframe_quality": encoder.keyframe_quality,
+        },
         "backbone": {
             "preset": encoder.backbone, "path": encoder.backbone_path,
             "gradient_checkpointing": encoder.gradient_checkpointing,
@@ -191,6 +194,8 @@ def test_cli_defaults_are_the_library_defaults() -> None:
         "gop": encoder.gop_size,
         "nola_bases": encoder.nola.num_bases,
         "adapter": encoder.adapter,
+        "conditioning": encoder.conditioning,
+        "keyframe_quality": encoder.keyframe_quality,
         "device": encoder.device,
         "bit_depth": video["bit_depth"],
     }

@@ -133,6 +133,25 @@ def test_ablation_points_get_their_own_folders_and_curves() -> None:
     assert [encoder_config(c).adapter_config for c in (nola, lora, vera)] == [NOLAConfig(), LoRAConfig(), VeRAConfig()]
     mask = compose_cfg("+exp=ablation_mask", "data.sequence=Beauty")
     assert encoder_config(mask).mask_mode == "ones" and point_dir(mask).name.endswith("mask1")
+    q5, q75 = (compose_cfg("+exp=ablation_keyframes", "data.sequence=Beauty", f"keyframe_quality={q}") for q in (5, 75))
+    assert point_dir(q5).name == "jpeg-q5" and point_dir(q5) != point_dir(q75) and q5.codec == q75.codec == "divinr-jpeg"
+    assert (encoder_config(q5).conditioning, encoder_config(q5).keyframe_quality) == ("jpeg", 5)
+
+
+def test_the_keyframe_sweep_spans_the_target_rates(nola_coefficients: int) -> None:
+    """Its lowest and highest JPEG qualities put textured 1024x576 keyframes (bigbuckbunny, one per
+    25-frame GoP, 600 frames, with NOLA at 6 bits) near the lowest (0.0051 bpp) and above the highest
+    (0.0456 bpp) rates of the INR sweep (uvg_sweep); smoother content codes smaller still."""
+    from divinr.compression.jpeg import encode_jpeg
+
+    qualities = [int(q) for q in sweep_values(compose_cfg("+exp=ablation_keyframes", hydra=True).hydra.sweeper.params)[
+        "keyframe_quality"
+    ]]
+    frames = load_clip(sample_clip_path("bigbuckbunny"), width=1024, height=576, max_frames=51).frames[::25]
+    nola = nola_coefficients * 6 / (600 * 1024 * 576)
+    bpp = [sum(len(encode_jpeg(f, q)) for f in frames) * 8 / (len(frames) * 25 * 1024 * 576) + nola for q in qualities]
+    assert bpp == sorted(bpp) and len(set(qualities)) == len(qualities) >= 4
+    assert bpp[0] < 0.007 and bpp[-1] > 0.0456
 
 
 def test_demo_resolution_supports_every_metric() -> None:

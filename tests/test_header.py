@@ -97,9 +97,10 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
 
 
 def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
-    """A v1 stream reads to a header displayed at its coded size, with NOLA, which v1 writes back to
-    the same bytes; DiV-INR headers are now written in v3: the display size after the coded size
-    (v2), then the adapter family and the LoRA and VeRA settings (their defaults for NOLA)."""
+    """A v1 stream reads to a header displayed at its coded size, with NOLA and INR conditioning,
+    which v1 writes back to the same bytes; DiV-INR headers are now written in v3: the display size
+    after the coded size (v2), then the adapter family, the LoRA and VeRA settings (their defaults
+    for NOLA) and the conditioning (the INR, as in every v1 stream)."""
     data, _ = fixture("divinr_v1")
     version, values, sections = read_container(data, SCHEMAS)
     header = unpack(data).header
@@ -110,7 +111,7 @@ def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     assert writer_schema(StreamHeader) is DIVINR_V3 and header.adapter == "nola"
     assert header.to_fields() == {
         **values, "display_width": header.width, "display_height": header.height,
-        "adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0,
+        "adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0, "conditioning": 0,
     }
 
 
@@ -152,11 +153,16 @@ LATENT_HEAD_ONLY = Counter({"inr.out_channels": 1, "inr.mask_channels": 1})
 DISPLAY = Counter({"display_width": 1, "display_height": 1})
 # The adapter family and the peft adapters' settings (format v3): v1 and v2 streams use NOLA.
 ADAPTER = Counter({"adapter": 1, "lora.rank": 1, "lora.alpha": 1, "vera.rank": 1, "vera.seed": 1})
+# The conditioning (format v3): v1 and v2 streams have none and condition on their INR.
+CONDITIONING = Counter({"conditioning": 1})
 
 
 @pytest.mark.parametrize(
     ("schema", "unsent"),
-    [(DIVINR_V1, DISPLAY + ADAPTER), (DIVINR_V2, ADAPTER), (DIVINR_V3, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY)],
+    [
+        (DIVINR_V1, DISPLAY + ADAPTER + CONDITIONING), (DIVINR_V2, ADAPTER + CONDITIONING), (DIVINR_V3, Counter()),
+        (PIXEL_INR_V2, LATENT_HEAD_ONLY),
+    ],
     ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
 )
 def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:

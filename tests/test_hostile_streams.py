@@ -142,6 +142,7 @@ HOSTILE = [
     ("sampler_flow_shift", 3e38),
     ("sampler_order", 0),
     ("sampler_order", 255),
+    ("conditioning", 2),
     ("adapter", 255),
     ("lora_rank", 0),
     ("lora_rank", 65535),

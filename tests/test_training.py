@@ -54,8 +54,8 @@ def stage_of(pl_module: L.LightningModule) -> StageCallback:
 def trained(clip):
     counter = ZeroCounter()
     config = EncoderConfig(inr="xxs", phases=paper_phases(8, 4, 4), sampler=SamplerConfig(steps=2))
-    _, module, header, history = DiVINRCodec(config, progress=False).train(clip, callbacks=[counter])
-    return module, history, counter.zeros, counter.noise_modes
+    result = DiVINRCodec(config, progress=False).train(clip, callbacks=[counter])
+    return result.module, result.history, counter.zeros, counter.noise_modes
 
 
 def test_all_three_stages_run_and_losses_go_down(trained) -> None:
@@ -137,7 +137,8 @@ def test_resume_continues_in_the_right_stage_with_masks_intact(clip, tmp_path: P
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
     snapshot = Snapshot()
-    _, second, _, history = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path, callbacks=[snapshot])
+    result = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path, callbacks=[snapshot])
+    second, history = result.module, result.history
     assert [h["epoch"] for h in history] == [4, 5, 6]
     index, masks_after = snapshot.seen
     assert index == 1 and phase_at(phases, 4) == (1, 2)
@@ -163,7 +164,8 @@ def test_a_crash_in_the_quant_stage_resumes_with_inr_and_nola_from_the_checkpoin
     assert checkpoint["epoch"] >= 3  # written during the run, not only at a clean end
     keys = checkpoint["state_dict"].keys()
     assert any(k.endswith(".nola_beta") for k in keys) and any(k.startswith("inr.") for k in keys)
-    _, resumed, _, history = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path)
+    result = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path)
+    resumed, history = result.module, result.history
     assert history[0]["epoch"] == checkpoint["epoch"] + 1 and history[-1]["epoch"] == 6
     for key, value in checkpoint["state_dict"].items():
         if key.endswith(".nola_beta"):

@@ -2,6 +2,7 @@
 
     encoder: frames --VAE--> cached latents --train INR + adapters (dense -> prune -> Quant-Noise,
              divinr.training.encoder)--> quantise + range-code --> bitstream
+             (JPEG conditioning: each GoP's first frame JPEG-coded, only NOLA trains)
     decoder: bitstream + public backbone --> frames        (divinr.inference.decoder)
 
 Nothing but the bitstream and the public backbone passes from encoder to decoder. The optional
@@ -27,17 +28,20 @@ from divinr.compression.bitstream import (
     BLOCK,
     Bitstream,
     CodecKind,
+    Conditioning,
     MaskMode,
     StreamHeader,
     pack,
     writer_schema,
 )
 from divinr.compression.container import write_container
+from divinr.compression.jpeg import encode_jpeg
 from divinr.data.gop import plan_gops
-from divinr.data.video import Video, fps_fraction, read_video
+from divinr.data.video import Video, fps_fraction, pad_frames, read_video
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
 from divinr.inference.decoder import (
+    Conditioner,
     Decoded,
     check_decode_memory,
     decode_gops,
@@ -48,7 +52,7 @@ from divinr.inference.decoder import (
 )
 from divinr.models.adapters import LoRAConfig, VeRAConfig, adapter_state_dict, eject_adapters
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
-from divinr.models.inr import LatentINR, planned_inr
+from divinr.models.inr import INRConfig, LatentINR, planned_inr
 from divinr.models.nola import NOLAConfig
 from divinr.rate_control import SizeChoice, shipped_rate_model, size_for_target
 
@@ -57,6 +61,12 @@ if TYPE_CHECKING:
 
     from divinr.training.encoder import EncoderConfig
     from divinr.training.module import DiVINRModule
+
+
+#: The INR fields of a JPEG-conditioned header, which no decoder reads (every DiV-INR header has
+#: them): the smallest architecture, so that no one mistakes them for a coded INR. Its head widths
+#: stay the conditioning widths (16 + 4) the decoder checks against the DiT's input.
+UNUSED_INR = INRConfig(channels=1, stage_channels=(1,), strides=(1,), blocks=(0,), grid_frames=2, grid_channels=1)
 
 
 def coded_size(width: int, height: int) -> tuple[int, int]:
@@ -68,11 +78,8 @@ def coded_size(width: int, height: int) -> tuple[int, int]:
 
 
 def pad_video(video: Video, width: int, height: int) -> Video:
-    """``video`` extended to ``width`` x ``height`` by repeating its last column and row: edge
-    replication keeps the VAE's borders smooth, where zero padding would code a sharp edge."""
-    rows = torch.arange(height).clamp(max=video.height - 1)
-    cols = torch.arange(width).clamp(max=video.width - 1)
-    return replace(video, frames=video.frames[:, :, rows][:, :, :, cols])
+    """``video`` extended to ``width`` x ``height`` (:func:`~divinr.data.video.pad_frames`)."""
+    return replace(video, frames=pad_frames(video.frames, width, height))
 
 
 def load_clip(
@@ -108,6 +115,8 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
     """
     width, height = coded_size(video.width, video.height)
     num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
+    keyframed = config.conditioning == "jpeg"
+    inr = UNUSED_INR if keyframed else planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8))
     header = StreamHeader(
         kind=CodecKind.DIVINR,
         backbone=config.backbone,
@@ -117,7 +126,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         height=height,
         fps=fps_fraction(video.fps),
         gop_size=config.gop_size,
-        inr=planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8)),
+        inr=inr,
         mask_mode=MaskMode.ONES if config.mask_mode == "ones" else MaskMode.LEARNED,
         quant_bits=config.quant_bits,
         nola=config.nola if config.adapter == "nola" else NOLAConfig(),
@@ -129,6 +138,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         adapter=config.adapter,
         lora=config.lora if config.adapter == "lora" else LoRAConfig(),
         vera=config.vera if config.adapter == "vera" else VeRAConfig(),
+        conditioning=Conditioning.JPEG if keyframed else Conditioning.INR,
     )
     schema = writer_schema(StreamHeader)
     try:
@@ -138,8 +148,18 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
     return header
 
 
-def pack_module(module: DiVINRModule, header: StreamHeader) -> bytes:
-    """The bitstream of a trained module: INR tensors in the canonical order of the header's architecture."""
+def keyframe_files(video: Video, config: EncoderConfig) -> list[bytes]:
+    """The JPEG file of each GoP's first frame at ``config.keyframe_quality``, coded at the display
+    size: the padding is edge replication the decoder redoes, not worth a bit."""
+    spans = plan_gops(video.num_frames, config.gop_size)
+    return [encode_jpeg(video.frames[span.start], config.keyframe_quality) for span in spans]
+
+
+def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[bytes] = ()) -> bytes:
+    """The bitstream of a trained module: INR tensors in the canonical order of the header's
+    architecture, or (a module without an INR) the ``keyframes`` it was trained on."""
+    if module.inr is None:
+        return pack(header, {}, adapter_state_dict(module.transformer), keyframes)
     with torch.device("meta"):
         canonical = list(type(module.inr)(header.inr, header.latent_size).state_dict())
     trained = module.inr.state_dict()
@@ -149,12 +169,14 @@ def pack_module(module: DiVINRModule, header: StreamHeader) -> bytes:
 
 
 class Trained(NamedTuple):
-    """A trained encoder before coding: the INR (eval mode), its module and the complete header."""
+    """A trained encoder before coding: the INR (eval mode; None under JPEG conditioning), its module,
+    the complete header and the JPEG keyframes it conditioned on (none under INR conditioning)."""
 
-    inr: LatentINR
+    inr: LatentINR | None
     module: DiVINRModule
     header: StreamHeader
     history: list[dict[str, float]]
+    keyframes: tuple[bytes, ...] = ()
     size: SizeChoice | None = None
 
 
@@ -209,6 +231,7 @@ class DiVINRCodec(Codec):
             raise PresetError("this DiVINRCodec was built for decoding; give it an EncoderConfig to encode")
         config = self.config
         header = plan_header(video, config)
+        keyframes = tuple(keyframe_files(video, config)) if header.conditioning == Conditioning.JPEG else ()
         video = pad_video(video, header.width, header.height)
         workdir = Path(workdir) if workdir is not None else None
         with workdir_lock(workdir):
@@ -222,11 +245,12 @@ class DiVINRCodec(Codec):
             if config.target_bpp is not None:
                 config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)), backbone)
             module, history = train_codec(
-                video, config, header, backbone, fingerprint, workdir=workdir, logger=logger, callbacks=callbacks,
-                progress=self.progress,
+                video, config, header, backbone, fingerprint, keyframes=keyframes, workdir=workdir, logger=logger,
+                callbacks=callbacks, progress=self.progress,
             )
         header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(adapted))
-        return Trained(module.inr.eval(), module, header, history, size)
+        inr = module.inr.eval() if module.inr is not None else None
+        return Trained(inr, module, header, history, keyframes, size)
 
     def _sized(
         self, config: EncoderConfig, header: StreamHeader, backbone: Backbone
@@ -255,7 +279,8 @@ class DiVINRCodec(Codec):
         start = time.perf_counter()
         trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
         encoded = self._encoded(
-            video, pack_module(trained.module, trained.header), trained.header, trained.history, started=start,
+            video, pack_module(trained.module, trained.header, trained.keyframes), trained.header, trained.history,
+            started=start,
             bitstream_path=bitstream_path, reconstruct=partial(self._reconstruct, trained) if reconstruct else None,
         )
         if trained.size is not None:
@@ -276,8 +301,9 @@ class DiVINRCodec(Codec):
 
     def _prepared(
         self, data: bytes, frames: tuple[int, int] | None, *, hold: bool
-    ) -> tuple[Bitstream, Backbone, LatentINR, torch.device]:
-        """The stream, a fresh backbone with the stream's adapters merged, its INR and the device.
+    ) -> tuple[Bitstream, Backbone, Conditioner]:
+        """The stream, a fresh backbone with the stream's adapters merged and its conditioning, on the
+        codec's device.
 
         The memory budget is checked first, before the backbone is loaded: for the range's frames
         when the decode holds them (``hold``), for one GoP when it streams.
@@ -288,15 +314,15 @@ class DiVINRCodec(Codec):
         device = resolve_device(self.device)
         dtype = getattr(torch, stream.header.model_dtype)  # a name the header's DiT-dtype codes allow
         backbone = load_backbone(stream.header.backbone, path=self.backbone_path, dtype=dtype, device=device)
-        return stream, backbone, prepare_stream(stream, backbone), device
+        return stream, backbone, prepare_stream(stream, backbone, device=device)
 
     def decompress(self, data: bytes, frames: tuple[int, int] | None = None) -> Decoded:
         """Decode (the range ``frames`` of) a stream with the public backbone its header names."""
-        stream, backbone, inr, device = self._prepared(data, frames, hold=True)
-        return reconstruct(backbone, stream, inr, frames=frames, device=device, progress=self.progress)
+        stream, backbone, condition = self._prepared(data, frames, hold=True)
+        return reconstruct(backbone, stream, condition, frames=frames, progress=self.progress)
 
     def iter_frames(self, data: bytes, frames: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
         """Decode GoP by GoP, sampling only the GoPs that cover ``frames``."""
-        stream, backbone, inr, device = self._prepared(data, frames, hold=False)
-        for _, video, _ in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=self.progress):
+        stream, backbone, condition = self._prepared(data, frames, hold=False)
+        for _, video, _ in decode_gops(backbone, stream, condition, frames=frames, progress=self.progress):
             yield video

@@ -3,10 +3,12 @@
     container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
       DiV-INR v3    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
                     size and display size), GoP length, INR architecture, mask mode, quantiser
-                    width, NOLA settings, sampler, adapter family + LoRA and VeRA settings
-                    (v2, still read: no adapter family, NOLA; v1: no display size either)
+                    width, NOLA settings, sampler, adapter family + LoRA and VeRA settings,
+                    conditioning (v2, still read: NOLA, INR conditioning; v1: no display size either)
       pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
       "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
+      "keyframes"   (DiV-INR with JPEG conditioning, instead of "inr") one JPEG file per GoP
+                    (:mod:`divinr.compression.jpeg`); such a header's INR fields are not read
       adapter       (DiV-INR) section named after the family ("nola", "lora", "vera"): every
                     trained adapter tensor (NOLA: alpha, beta per layer; LoRA: A, B; VeRA:
                     lambda_b, lambda_d), same coding; VeRA's shared projections are not sent
@@ -38,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Union
@@ -70,7 +72,8 @@ if TYPE_CHECKING:
     from divinr.models.nola import NOLAConfig
 
 FORMAT_VERSION = 3
-"""The format version DiV-INR streams are written in (v2 added the display size, v3 the adapter family)."""
+"""The format version DiV-INR streams are written in (v2 added the display size, v3 the adapter
+family and the conditioning)."""
 BLOCK = 16
 """Coded sides are multiples of this: the VAE downsamples by 8 and the DiT patches latents by 2."""
 
@@ -87,12 +90,20 @@ class MaskMode(enum.IntEnum):
     ONES = 1
 
 
+class Conditioning(enum.IntEnum):
+    """What gives the DiT its (y, M): the INR (the paper's codec) or JPEG keyframes (its ablation)."""
+
+    INR = 0
+    JPEG = 1
+
+
 INR_HEAD_CODES = {"latent": 0, "rgb": 1}
 # Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
 DIT_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
 MASK_MODE_CODES = {mode: int(mode) for mode in MaskMode}
 # The adapter family; its name is also the name of the stream's adapter section.
 ADAPTER_CODES = {"nola": 0, "lora": 1, "vera": 2}
+CONDITIONING_CODES = {kind: int(kind) for kind in Conditioning}
 
 # Upper bounds checked before anything is built from a header (a hostile file must not make the
 # decoder allocate gigabytes, loop for hours or hand the transformer what it cannot take).
@@ -157,6 +168,7 @@ class StreamHeader(_TypedHeader):
     ``adapter`` names the family whose settings (``nola``, ``lora`` or ``vera``) the decoder
     uses (v1 and v2 streams: NOLA); the other families' settings hold their defaults.
     ``nola_layers`` counts the adapted layers, whatever the family.
+    ``conditioning`` says which section gives the DiT its (y, M) (v1 and v2 streams: the INR).
     """
 
     kind: CodecKind
@@ -179,6 +191,7 @@ class StreamHeader(_TypedHeader):
     adapter: str = "nola"
     lora: LoRAConfig = dataclasses.field(default_factory=lambda: _config_types()["lora"]())
     vera: VeRAConfig = dataclasses.field(default_factory=lambda: _config_types()["vera"]())
+    conditioning: Conditioning = Conditioning.INR
 
     def __post_init__(self) -> None:
         for side in ("width", "height"):
@@ -280,9 +293,11 @@ _V3_ELEMENTS: tuple[Element, ...] = (
     Element("lora_alpha", F32, "lora.alpha", 0.0, MAX_LORA_ALPHA),
     Element("vera_rank", U16, "vera.rank", 1, MAX_VERA_RANK),
     Element("vera_seed", U32, "vera.seed"),  # any u32
+
+    Element("conditioning", U8, "conditioning", codes=CONDITIONING_CODES),
 )
 DIVINR_V3_ELEMENTS = DIVINR_V2_ELEMENTS + _V3_ELEMENTS
-"""Format v3: v2's elements, then the adapter family and the LoRA and VeRA settings."""
+"""Format v3: v2's elements, then the adapter family, the LoRA and VeRA settings and the conditioning."""
 
 
 # -- cross-field rules --------------------------------------------------------------------------
@@ -322,6 +337,13 @@ def _stages_rule(v: Mapping[str, HeaderValue]) -> str | None:
     return None
 
 
+def _keyframes_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    """A keyframe stream's masks come from its keyframes: it signals no mask mode but the default."""
+    if v["conditioning"] == Conditioning.JPEG and v["mask_mode"] != MaskMode.LEARNED:
+        return f"header mask_mode {v['mask_mode']} in a JPEG-conditioned stream, whose masks come from its keyframes"
+    return None
+
+
 def _backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
     backbone, fingerprint = value_of(v, "backbone", str), value_of(v, "backbone_fingerprint", bytes)
     if not _BACKBONE_NAME.fullmatch(backbone):
@@ -339,13 +361,14 @@ def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
 
 # -- the schemas, keyed by (format version, codec kind) -----------------------------------------
 _DIVINR_RULES = (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule)
-# v1 and v2 stay readable (v1 streams display the coded size; both use NOLA); headers are written with v3.
+# v1 and v2 stay readable (v1 streams display the coded size; both use NOLA and are
+# INR-conditioned); headers are written with v3.
 DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(1, DIVINR_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES)
 DIVINR_V2: HeaderSchema[StreamHeader] = HeaderSchema(
     2, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
 )
 DIVINR_V3: HeaderSchema[StreamHeader] = HeaderSchema(
-    FORMAT_VERSION, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
+    FORMAT_VERSION, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule, _keyframes_rule)
 )
 _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
@@ -457,23 +480,43 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
 
 @dataclass(frozen=True)
 class Bitstream:
-    """A parsed stream: the header and the two tensor sections (INR, adapter), still coded."""
+    """A parsed stream: the header and its sections, still coded (a keyframe stream's
+    ``keyframes_section`` replaces ``inr_section``, which is then empty)."""
 
     header: Header
     inr_section: bytes
     adapter_section: bytes
+    keyframes_section: bytes = b""
 
 
-def pack(header: Header, inr_tensors: Mapping[str, torch.Tensor], adapter_tensors: Mapping[str, torch.Tensor]) -> bytes:
+def pack(
+    header: Header,
+    inr_tensors: Mapping[str, torch.Tensor],
+    adapter_tensors: Mapping[str, torch.Tensor],
+    keyframes: Sequence[bytes] = (),
+) -> bytes:
     """Write a complete bitstream; ``adapter_tensors`` (in a section named after ``header.adapter``)
-    empty for the pixel baseline or NOLA with b = 0."""
+    empty for the pixel baseline or NOLA with b = 0.
+
+    A JPEG-conditioned header takes ``keyframes`` (one JPEG file per GoP) and no INR tensors.
+    """
     schema = writer_schema(type(header))
-    sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
+    fields = schema.to_fields(header)
+    if _keyframe_conditioned(fields):
+        if inr_tensors:
+            raise ValueError("a JPEG-conditioned stream carries keyframes, not INR tensors")
+        from divinr.compression.jpeg import pack_keyframes
+
+        sections = [("keyframes", pack_keyframes(keyframes))]
+    elif keyframes:
+        raise ValueError("keyframes need a JPEG-conditioned header")
+    else:
+        sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
     if adapter_tensors:
         if not isinstance(header, StreamHeader):
             raise ValueError("only DiV-INR streams carry adapter tensors")
         sections.append((header.adapter, encode_tensors(adapter_tensors, header.quant_bits)))
-    return write_container(schema.elements, schema.to_fields(header), sections, version=schema.version)
+    return write_container(schema.elements, fields, sections, version=schema.version)
 
 
 def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[str, bytes]]:
@@ -484,13 +527,19 @@ def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
+    conditioning = "keyframes" if _keyframe_conditioned(values) else "inr"
     adapter = _adapter_section(schema, values)
-    expected = ["inr", *([adapter] if adapter else [])]
+    expected = [conditioning, *([adapter] if adapter else [])]
     if sorted(named) != sorted(expected):
         raise BitstreamError(
             f"sections {sorted(named)} disagree with the header, which implies {expected}; the bitstream is corrupt"
         )
     return schema, values, named
+
+
+def _keyframe_conditioned(values: Mapping[str, HeaderValue]) -> bool:
+    """Whether a stream conditions on JPEG keyframes (streams without the field: on an INR)."""
+    return values.get("conditioning", Conditioning.INR) == Conditioning.JPEG
 
 
 def _adapter_section(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> str | None:
@@ -522,17 +571,20 @@ def unpack(data: bytes) -> Bitstream:
     """Parse and validate the container and header; tensors are decoded by :func:`decode_tensors`."""
     schema, values, named = _read(data)
     adapter = _adapter_section(schema, values)
-    return Bitstream(schema.from_fields(values), named["inr"], named[adapter] if adapter else b"")
+    return Bitstream(
+        schema.from_fields(values), named.get("inr", b""), named[adapter] if adapter else b"", named.get("keyframes", b"")
+    )
 
 
 def bits_breakdown(data: bytes) -> dict[str, int]:
-    """Bits by part: ``header`` (magic, version, fields, section count, CRC), ``inr`` and
-    ``adapter`` (the adapter section, whatever its family; 0 if none), each section's name and
-    length prefix included; the parts sum to ``total`` = 8 x file size."""
+    """Bits by part: ``header`` (magic, version, fields, section count, CRC), ``inr`` or
+    ``keyframes`` (the conditioning), and ``adapter`` (the adapter section, whatever its family);
+    0 where a stream has none, each section's name and length prefix included; the parts sum to
+    ``total`` = 8 x file size."""
     version, values, sections = read_container(data, SCHEMAS)
     parts = dict(bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections))
     result = {
-        "header": parts.pop("header"), "inr": parts.pop("inr", 0),
+        "header": parts.pop("header"), "inr": parts.pop("inr", 0), "keyframes": parts.pop("keyframes", 0),
         "adapter": sum(parts.pop(name, 0) for name in ADAPTER_CODES),
     }
     result["total"] = 8 * len(data)

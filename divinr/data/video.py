@@ -214,6 +214,14 @@ def resize_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor
     return out.clamp_(0.0, 1.0)
 
 
+def pad_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Frames (..., H, W) extended to ``width`` x ``height`` by repeating their last column and row:
+    edge replication keeps the VAE's borders smooth, where zero padding would code a sharp edge."""
+    rows = torch.arange(height).clamp(max=frames.shape[-2] - 1)
+    cols = torch.arange(width).clamp(max=frames.shape[-1] - 1)
+    return frames[..., rows, :][..., cols]
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     """Parse ``"WIDTHxHEIGHT"``.
 

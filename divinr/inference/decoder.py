@@ -1,8 +1,9 @@
 """The DiV-INR decoder: bitstream + public backbone -> video (paper Eq. 1).
 
-    header  --> INR architecture, adapter family and settings, geometry, sampler
-    "inr"   --> dequantised INR --g(f)--> (y, M) per GoP
-    adapter --> NOLA coefficients / LoRA / VeRA tensors --merge into W0--> adapted DiT
+    header      --> INR architecture, adapter family and settings, geometry, sampler, conditioning
+    "inr"       --> dequantised INR --g(f)--> (y, M) per GoP
+    "keyframes" --> (instead of "inr") per GoP its JPEG --VAE--> (y, M) on its first latent frame
+    adapter     --> NOLA coefficients / LoRA / VeRA tensors --merge into W0--> adapted DiT
     per GoP: z_1 (seeded) --UniPC(DiT(cat(z, M, y)))--> z_0 --VAE--> frames (padding trimmed)
 
 The encoder reconstructs through this same code, so "what the encoder saw" and "what a decoder
@@ -28,21 +29,26 @@ from divinr.compression.bitstream import (
     MAX_INR_PARAMETERS,
     Bitstream,
     CodecKind,
+    Conditioning,
     Header,
     MaskMode,
     StreamHeader,
     decode_tensors,
     unpack,
 )
+from divinr.compression.jpeg import check_jpeg, decode_jpeg, split_keyframes
 from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
 from divinr.errors import BitstreamError, DivinrError, PresetError
 from divinr.inference.sampler import SamplerConfig, initial_noise, sample
 from divinr.models.adapters import adapter_layers, adapter_parameters, load_adapter_state_dict, merge_adapters
 from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
+from divinr.models.keyframes import keyframe_conditioning, keyframe_latent
 
 
 DEFAULT_MEMORY_BUDGET = 8 * 2**30
+Conditioner = Callable[[GoPSpan, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(y, M) in DiT layout for one GoP, from its span and its latent coordinates (see :func:`stream_conditioner`)."""
 _MEMORY_BUDGET: ContextVar[int] = ContextVar("decode_memory_budget", default=DEFAULT_MEMORY_BUDGET)
 
 
@@ -157,6 +163,31 @@ def build_inr_from_stream(stream: Bitstream) -> LatentINR:
     return inr.eval()
 
 
+def stream_conditioner(stream: Bitstream, backbone: Backbone, device: torch.device | str = "cpu") -> Conditioner:
+    """How the stream conditions each GoP: its INR at the GoP's latent coordinates, or the GoP's
+    JPEG keyframe through ``backbone``'s VAE (:mod:`divinr.models.keyframes`).
+
+    The INR is decoded here; the keyframe files are split and their headers checked here, but each
+    is decoded only when its GoP is, so a range decode touches only its GoPs' files.
+    """
+    header = stream.header
+    if header.conditioning == Conditioning.JPEG:
+        size = header.display_width, header.display_height
+        files = split_keyframes(stream.keyframes_section, len(plan_gops(header.frames, header.gop_size)))
+        for index, data in enumerate(files):
+            check_jpeg(data, *size, index)
+
+        def keyframes(span: GoPSpan, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            image = decode_jpeg(files[span.index], *size, span.index)
+            latent = keyframe_latent(backbone, image, header.width, header.height)
+            return keyframe_conditioning(latent.to(device), span.num_latent)
+
+        return keyframes
+    inr = build_inr_from_stream(stream).to(device)
+    ones_mask = header.mask_mode == MaskMode.ONES
+    return lambda span, f: dit_conditioning(inr, f.to(device), ones_mask=ones_mask)
+
+
 def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
     """Inject the stream's adapter family as the header describes, load its tensors and merge them into W0
     (VeRA's projections regenerate from the header's seed; NOLA's bases are freed after merging)."""
@@ -223,17 +254,16 @@ def _real_frames(backbone: Backbone, z: torch.Tensor, span: GoPSpan, header: Str
 def decode_gops(
     backbone: Backbone,
     stream: Bitstream,
-    inr: LatentINR,
+    condition: Conditioner,
     *,
     frames: tuple[int, int] | None = None,
-    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Sample only the GoPs that cover ``frames`` (default all) with the adapted backbone.
 
     Each GoP needs nothing from another: its conditioning is the INR at its own latent
-    coordinates and its noise is seeded by its index. So any range decodes bit-identically to
-    the same frames of a full decode, at the cost of the GoPs it touches.
+    coordinates (or its own keyframe) and its noise is seeded by its index. So any range decodes
+    bit-identically to the same frames of a full decode, at the cost of the GoPs it touches.
 
     Yields:
         ``(index of its first frame, frames (n, 3, H, W) in [0, 1] on CPU, the GoP's latents)``
@@ -243,11 +273,10 @@ def decode_gops(
     start, stop = frame_range(header, frames)
     spans = plan_gops(header.frames, header.gop_size)
     chosen = [(s, f) for s, f in zip(spans, latent_coordinates(spans)) if s.start < stop and s.start + s.num_real > start]
-    inr = inr.to(device)
     with tqdm(total=len(chosen) * header.sampler.steps, desc="decode", unit="step", disable=not progress) as bar:
         for span, f in chosen:
             with torch.no_grad():  # per GoP, not across the yield: the caller's grad mode stays its own
-                y, m = dit_conditioning(inr, f.to(device), ones_mask=header.mask_mode == MaskMode.ONES)
+                y, m = condition(span, f)
                 z0 = sample_gop(backbone, y, m, header.sampler, span.index, progress=bar.update)
                 video = _real_frames(backbone, z0[0], span, header)
             first, last = max(start, span.start), min(stop, span.start + span.num_real)
@@ -257,10 +286,9 @@ def decode_gops(
 def reconstruct(
     backbone: Backbone,
     stream: Bitstream,
-    inr: LatentINR,
+    condition: Conditioner,
     *,
     frames: tuple[int, int] | None = None,
-    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Decoded:
     """All frames of ``frames`` (default the whole stream) in one tensor (see :func:`decode_gops`)."""
@@ -268,7 +296,7 @@ def reconstruct(
     start, stop = frame_range(header, frames)
     out = torch.empty((stop - start, 3, header.display_height, header.display_width), dtype=torch.float32)
     latents = []
-    for first, video, z0 in decode_gops(backbone, stream, inr, frames=frames, device=device, progress=progress):
+    for first, video, z0 in decode_gops(backbone, stream, condition, frames=frames, progress=progress):
         out[first - start : first - start + video.shape[0]] = video
         latents.append(z0)
     return Decoded(out, latents, float(header.fps))
@@ -292,26 +320,29 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     header = stream.header
     _require_latent_conditioning(header)
     check_decode_memory(header)
-    inr = build_inr_from_stream(stream).to(device)
+    condition = stream_conditioner(stream, backbone, device)
     spans = plan_gops(header.frames, header.gop_size)
     frames = torch.empty((header.frames, 3, header.display_height, header.display_width), dtype=torch.float32)
     latents = []
     for span, f in zip(spans, latent_coordinates(spans)):
-        y, _ = dit_conditioning(inr, f.to(device), ones_mask=True)
+        y, _ = condition(span, f)
         latents.append(y[0].cpu())
         frames[span.start : span.start + span.num_real] = _real_frames(backbone, y[0], span, header)
     return Decoded(frames, latents, float(header.fps))
 
 
-def prepare_stream(stream: Bitstream, backbone: Backbone, fingerprint: bytes | None = None) -> LatentINR:
-    """The stream's INR, after every check against ``backbone`` (freshly loaded, no adapters) and
-    with the stream's adapters merged into it: ready for :func:`decode_gops`. The caller has
-    checked the memory budget (:func:`check_decode_memory`), before loading the backbone."""
-    inr = build_inr_from_stream(stream)
+def prepare_stream(
+    stream: Bitstream, backbone: Backbone, fingerprint: bytes | None = None, device: torch.device | str = "cpu"
+) -> Conditioner:
+    """The stream's conditioning (:func:`stream_conditioner`), after every check against ``backbone``
+    (freshly loaded, no adapters) and with the stream's adapters merged into it: ready for
+    :func:`decode_gops`. The caller has checked the memory budget (:func:`check_decode_memory`),
+    before loading the backbone."""
+    condition = stream_conditioner(stream, backbone, device)
     check_backbone(backbone, stream, fingerprint)
     check_capacity(backbone, stream.header)
     install_adapters(backbone, stream)
-    return inr
+    return condition
 
 
 def decode_stream(
@@ -328,5 +359,5 @@ def decode_stream(
     _require_latent_conditioning(stream.header)
     start, stop = frame_range(stream.header, frames)
     check_decode_memory(stream.header, held_frames=stop - start)
-    inr = prepare_stream(stream, backbone, fingerprint)
-    return reconstruct(backbone, stream, inr, frames=frames, device=device, progress=progress)
+    condition = prepare_stream(stream, backbone, fingerprint, device)
+    return reconstruct(backbone, stream, condition, frames=frames, progress=progress)

@@ -46,12 +46,14 @@ def encode_gops(
 
 
 class LatentGoPs(Dataset):
-    """Items are one GoP each: ``{"latents": (16, T', h, w), "coords": (T',), "index": int}``."""
+    """Items are one GoP each: ``{"latents": (16, T', h, w), "coords": (T',), "index": int}``, and
+    ``"keyframe"`` (16, h, w), the latent of the GoP's JPEG keyframe, when ``keyframes`` are given."""
 
-    def __init__(self, latents: list[torch.Tensor], gops: list[GoP]) -> None:
-        if len(latents) != len(gops):
-            raise ValueError("one latent tensor per GoP is required")
+    def __init__(self, latents: list[torch.Tensor], gops: list[GoP], keyframes: list[torch.Tensor] | None = None) -> None:
+        if len(latents) != len(gops) or (keyframes is not None and len(keyframes) != len(gops)):
+            raise ValueError("one latent tensor (and keyframe latent, if any) per GoP is required")
         self.latents = latents
+        self.keyframes = keyframes
         self.coords = latent_coordinates(gops)
         for lat, f in zip(latents, self.coords):
             if lat.shape[1] != f.numel():
@@ -61,7 +63,10 @@ class LatentGoPs(Dataset):
         return len(self.latents)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {"latents": self.latents[index], "coords": self.coords[index], "index": index}
+        item = {"latents": self.latents[index], "coords": self.coords[index], "index": index}
+        if self.keyframes is not None:
+            item["keyframe"] = self.keyframes[index]
+        return item
 
 
 def gop_loader(dataset: LatentGoPs, *, shuffle: bool = True, seed: int = 0) -> DataLoader:

@@ -3,11 +3,15 @@
     Video --VAE--> cached GoP latents --DiVINRModule (dense -> prune -> Quant-Noise)--> trained
     INR + adapter tensors (the codec, :class:`divinr.codec.divinr.DiVINRCodec`, codes them)
 
+Under JPEG conditioning (the paper's keyframe ablation) there is no INR: each GoP's decoded JPEG
+keyframe conditions the DiT and only NOLA trains, with the flow loss alone.
+
 Everything here needs Lightning; the decoder needs none of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +21,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from divinr.compression.bitstream import StreamHeader
+from divinr.compression.bitstream import Conditioning, StreamHeader
+from divinr.compression.jpeg import check_quality, decode_jpeg
 from divinr.data.gop import split_gops
 from divinr.data.video import Video
 from divinr.devices import resolve_device
@@ -26,6 +31,7 @@ from divinr.inference.sampler import SamplerConfig
 from divinr.models.adapters import AdapterConfig, LoRAConfig, VeRAConfig, check_adapter
 from divinr.models.backbone import Backbone
 from divinr.models.inr import build_inr
+from divinr.models.keyframes import keyframe_latent
 from divinr.models.nola import NOLAConfig
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
 from divinr.training.losses import LossConfig
@@ -45,6 +51,11 @@ class EncoderConfig:
     float32 on CPU. ``adapter`` picks the family that specialises the DiT (``nola``, the paper's;
     peft's ``lora`` or ``vera``); only that family's settings (``nola``, ``lora`` or ``vera``) are
     used. ``seed`` also seeds the initial values of LoRA's ``A``.
+
+    ``conditioning="jpeg"`` replaces the INR by each GoP's first frame, JPEG-coded at
+    ``keyframe_quality`` (1..100; unused with the INR): the ``inr`` settings, ``mask_mode``, the
+    loss's lambda and pruning (which only acts on the INR) then have nothing to act on, and the
+    adapters train through the same phases.
     """
 
     backbone: str = "tiny"
@@ -61,6 +72,8 @@ class EncoderConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     gop_size: int = 25
     mask_mode: str = "learned"
+    conditioning: str = "inr"
+    keyframe_quality: int = 30
     quant_bits: int = Phase.quant_bits  # the width Quant-Noise trains at is the width coded
     seed: int = 0
     device: str = "auto"
@@ -76,6 +89,7 @@ class EncoderConfig:
             raise PresetError(f"mask_mode must be 'learned' or 'ones', got {self.mask_mode!r}")
         if self.target_bpp is not None and not self.target_bpp > 0:
             raise PresetError(f"target_bpp must be a positive rate (or None to size the INR by preset), got {self.target_bpp}")
+        self._check_conditioning()
         if not 0 <= self.seed < 2**32:
             raise PresetError(f"seed must be in 0..2^32-1, got {self.seed}")
         if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "bf16-true"):
@@ -102,6 +116,32 @@ class EncoderConfig:
     def adapter_config(self) -> AdapterConfig:
         """The settings of the chosen adapter family."""
         return getattr(self, self.adapter)
+
+    def _check_conditioning(self) -> None:
+        kinds = [kind.name.lower() for kind in Conditioning]
+        if self.conditioning not in kinds:
+            raise PresetError(f"conditioning must be one of {', '.join(kinds)}, got {self.conditioning!r}")
+        check_quality(self.keyframe_quality)
+        if self.conditioning != "jpeg":
+            return
+        if self.mask_mode != "learned":
+            raise PresetError(
+                f"mask_mode={self.mask_mode!r} needs INR conditioning: with JPEG keyframes M is 1 on each "
+                "keyframe's latent frame and 0 elsewhere by construction; keep mask_mode='learned' or use "
+                "conditioning='inr'"
+            )
+        if self.inr_overrides:
+            raise PresetError(
+                f"inr_overrides {sorted(self.inr_overrides)} have no INR to act on under conditioning='jpeg'; remove them"
+            )
+        if self.adapter == "nola" and self.nola.num_bases == 0:
+            raise PresetError(
+                "conditioning='jpeg' with nola.num_bases=0 trains nothing (there is no INR); give NOLA bases"
+            )
+        if self.target_bpp is not None:
+            raise PresetError(
+                "target_bpp sizes the INR, which conditioning='jpeg' does not have; set keyframe_quality instead"
+            )
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -138,6 +178,7 @@ def train_codec(
     backbone: Backbone,
     fingerprint: bytes,
     *,
+    keyframes: Sequence[bytes] = (),
     workdir: Path | None = None,
     logger: Any = None,
     callbacks: Sequence[L.Callback] = (),
@@ -146,7 +187,9 @@ def train_codec(
     """Train INR + adapters on ``video`` with ``backbone`` (adapted by the caller); the module and its history.
 
     ``header`` is the stream's planned header (its INR architecture is built here) and
-    ``fingerprint`` that of the backbone's weights before adaptation (it keys the caches). With
+    ``fingerprint`` that of the backbone's weights before adaptation (it keys the caches). A
+    JPEG-conditioned header trains NOLA alone on ``keyframes``, the stream's JPEG files, decoded
+    and VAE-encoded exactly as the decoder will. With
     ``workdir`` the run checkpoints every epoch and resumes from ``last.ckpt`` if one of the
     same settings and frames is present; the resumed run gives the uninterrupted run's
     bitstream. The caller holds the folder's lock (:func:`~divinr.training.resume.workdir_lock`).
@@ -157,12 +200,23 @@ def train_codec(
             "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay,
             "gop_size": config.gop_size,
         }
+        if keyframes:
+            settings["keyframes"] = hashlib.sha256(b"".join(keyframes)).hexdigest()
         prepare_workdir(workdir, settings_digest(settings, video.frames))
     checkpoint = resume_path(workdir)  # an unreadable one fails here, before the VAE runs
     gops = split_gops(video.frames, config.gop_size)
     latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    inr = build_inr(header.inr, header.latent_size)
+    keyframed = header.conditioning == Conditioning.JPEG
+    if keyframed != bool(keyframes):
+        raise ValueError("JPEG conditioning trains on the stream's keyframes and INR conditioning on none")
+    inr = None if keyframed else build_inr(header.inr, header.latent_size)
+    keyframe_latents = [
+        keyframe_latent(
+            backbone, decode_jpeg(data, header.display_width, header.display_height, index), header.width, header.height
+        ).cpu()
+        for index, data in enumerate(keyframes)
+    ]
     module = DiVINRModule(
         backbone, inr, config.phases, config.loss, mask_mode=config.mask_mode, weight_decay=config.weight_decay
     )
@@ -172,5 +226,5 @@ def train_codec(
         precision=config.resolved_precision(), seed=config.seed, workdir=workdir, logger=logger,
         callbacks=[history, *callbacks], progress=progress,
     )
-    fit(trainer, module, gop_loader(LatentGoPs(latents, gops), seed=config.seed), checkpoint)
+    fit(trainer, module, gop_loader(LatentGoPs(latents, gops, keyframe_latents or None), seed=config.seed), checkpoint)
     return module, history.epochs

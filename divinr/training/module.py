@@ -7,8 +7,10 @@ Data flow of a training step (one GoP of the sequence):
     z_t = (1 - t) z0 + t eps --DiT[adapters](cat(z_t, M, y), 1000 t)--> v
     loss = (1 - lambda) ||v - (eps - z0)||^2 + lambda ||y - z0||^2
 
-Only the INR and the adapter tensors train; the backbone stays frozen and in eval mode. The
-stage logic (pruning, Quant-Noise, learning rates) lives in :class:`~divinr.training.stages.StageCallback`.
+Only the INR and the adapter tensors train; the backbone stays frozen and in eval mode. Without
+an INR (JPEG conditioning) (y, M) come from the GoP's keyframe latent, L_cond has nothing to
+train and the loss is L_flow alone (lambda = 0). The stage logic (pruning, Quant-Noise, learning
+rates) lives in :class:`~divinr.training.stages.StageCallback`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from divinr.models.adapters import adapter_layers, adapter_owners, adapter_parameters
 from divinr.models.backbone import Backbone
 from divinr.models.inr import LatentINR, dit_conditioning, parameter_owners
+from divinr.models.keyframes import keyframe_conditioning
 from divinr.errors import PresetError
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
 from divinr.training.stages import Phase, StageCallback, total_epochs
@@ -37,7 +40,8 @@ class DiVINRModule(L.LightningModule):
             PEFT-size ablation, nothing is adapted and only the INR trains). The module never
             changes what it is given; the adapters belong to whoever injected them (the codec
             removes them before it reconstructs with the same backbone).
-        inr: the latent INR producing (y, M) for temporal coordinates.
+        inr: the latent INR producing (y, M) for temporal coordinates; None under JPEG
+            conditioning, where each batch brings its GoP's keyframe latent.
         phases: the stage schedule (also handed to the :class:`StageCallback`).
         loss: lambda schedule and timestep density.
         mask_mode: ``"learned"`` (the paper) or ``"ones"`` (ablation: M fixed to 1).
@@ -47,7 +51,7 @@ class DiVINRModule(L.LightningModule):
     def __init__(
         self,
         backbone: Backbone,
-        inr: LatentINR,
+        inr: LatentINR | None,
         phases: list[Phase],
         loss: LossConfig = LossConfig(),
         *,
@@ -69,11 +73,13 @@ class DiVINRModule(L.LightningModule):
 
     # -- the contract used by StageCallback and the bitstream ---------------------------------
     def pruning_targets(self) -> list[tuple[str, nn.Parameter]]:
-        return self.inr.decoder_parameters()
+        """The INR decoder's weights (none without an INR: a pruning phase then only trains NOLA)."""
+        return self.inr.decoder_parameters() if self.inr is not None else []
 
     def quantised_targets(self) -> list[tuple[nn.Module, str]]:
-        """Every tensor the bitstream carries: all INR parameters and the adapter tensors."""
-        return parameter_owners(self.inr) + adapter_owners(self.transformer)
+        """Every tensor the bitstream carries: all INR parameters (if any) and the adapter tensors."""
+        inr = parameter_owners(self.inr) if self.inr is not None else []
+        return inr + adapter_owners(self.transformer)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """INR parameters and adapter tensors: what a checkpoint needs besides the backbone.
@@ -85,22 +91,36 @@ class DiVINRModule(L.LightningModule):
         return {k: v for k, v in self.state_dict().items() if k.startswith("inr.") or k in adapters}
 
     # -- forward ------------------------------------------------------------------------------
-    def condition(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """INR conditioning (y, M) for the latent frames at coordinates ``f``, in DiT layout."""
-        return dit_conditioning(self.inr, f, ones_mask=self.mask_mode == "ones")
+    def condition(self, f: torch.Tensor, keyframe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning (y, M) for one GoP's latent frames at coordinates ``f``, in DiT layout: the
+        INR's, or without an INR, that of the GoP's ``keyframe`` latent (16, h, w)."""
+        if self.inr is not None:
+            return dit_conditioning(self.inr, f, ones_mask=self.mask_mode == "ones")
+        if keyframe is None:
+            raise ValueError("a module without an INR conditions on keyframes: pass the GoP's keyframe latent")
+        return keyframe_conditioning(keyframe, f.numel())
 
     def lambda_at(self, epoch: int, batch_idx: int, batches: int) -> float:
+        """The weight of L_cond: cosine-annealed over training; 0 without an INR (nothing for it to train)."""
+        if self.inr is None:
+            return 0.0
         progress = (epoch + batch_idx / max(batches, 1)) / max(total_epochs(self.phases), 1)
         return cosine_lambda(progress, self.loss_config.lambda_start, self.loss_config.lambda_end)
 
     def compute_loss(
-        self, z0: torch.Tensor, f: torch.Tensor, lam: float, encoder_hidden_states: torch.Tensor | None = None
+        self,
+        z0: torch.Tensor,
+        f: torch.Tensor,
+        lam: float,
+        encoder_hidden_states: torch.Tensor | None = None,
+        keyframe: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, L_flow, L_cond) for one GoP: z0 (1, 16, T', h, w) normalised latents, f (T',).
 
-        ``encoder_hidden_states`` is only for baselines that re-enable cross-attention.
+        ``encoder_hidden_states`` is only for baselines that re-enable cross-attention;
+        ``keyframe`` is the GoP's keyframe latent when there is no INR.
         """
-        y, m = self.condition(f)
+        y, m = self.condition(f, keyframe)
         t = sample_logit_normal(z0.shape[0], self.loss_config.logit_mean, self.loss_config.logit_std, device=z0.device)
         eps = torch.randn_like(z0)
         velocity = self.backbone.predict(noisy_latents(z0, eps, t), y, m, t * 1000.0, encoder_hidden_states)
@@ -108,7 +128,8 @@ class DiVINRModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lam = self.lambda_at(self.current_epoch, batch_idx, int(self.trainer.num_training_batches))
-        loss, flow, cond = self.compute_loss(batch["latents"], batch["coords"][0], lam)
+        keyframe = batch["keyframe"][0] if "keyframe" in batch else None
+        loss, flow, cond = self.compute_loss(batch["latents"], batch["coords"][0], lam, keyframe=keyframe)
         self.log_dict(
             {"train/loss": loss, "train/flow": flow, "train/cond": cond, "train/lambda": lam},
             on_step=False, on_epoch=True, prog_bar=True, batch_size=1,
@@ -118,7 +139,9 @@ class DiVINRModule(L.LightningModule):
     # -- Lightning plumbing -------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         first = self.phases[0]
-        groups = [{"name": "inr", "params": list(self.inr.parameters()), "lr": first.inr_lr}]
+        groups = []
+        if self.inr is not None:
+            groups.append({"name": "inr", "params": list(self.inr.parameters()), "lr": first.inr_lr})
         adapters = list(adapter_parameters(self.transformer).values())
         if adapters:
             groups.append({"name": "adapter", "params": adapters, "lr": first.nola_lr})
