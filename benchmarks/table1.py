@@ -42,7 +42,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import warnings
 from collections import defaultdict

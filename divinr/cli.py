@@ -440,7 +440,6 @@ def stream_info(data: bytes) -> dict[str, Any]:
     if schema.kind == CodecKind.DIVINR:
         adapter = view.get("adapter", "nola")  # v1 and v2 streams: NOLA
         settings = {k: value for k, value in view[adapter].items() if k != "target_modules"}
-        nola = {k: value for k, value in view["nola"].items() if k != "target_modules"}
         conditioning = view.get("conditioning", Conditioning.INR)  # v1 and v2 streams: always the INR
         info.update(
             gop_size=v["gop_size"],

@@ -19,7 +19,6 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adapter_streams import SMALL_INR, untrained_stream
 from divinr.cli import stream_info
-from divinr.codec import decompress
 from divinr.compression import bitstream
 from divinr.compression.bitstream import (
     ADAPTER_CODES,
@@ -196,7 +195,7 @@ def test_the_v3_header_names_the_family_and_carries_its_settings() -> None:
     assert [name for name, _ in sections] == ["inr", "vera"]
     for family in ("lora", "nola"):
         relabelled = write_container(SCHEMA_V3, {**values, "adapter": ADAPTER_CODES[family]}, sections, version=FORMAT_VERSION)
-        with pytest.raises(BitstreamError, match=rf"sections \['inr', 'vera'\] disagree with the header, which implies \['inr', '{family}'\]"):
+        with pytest.raises(BitstreamError, match=rf"sections \['inr', 'vera'\] disagree with the header, .* so implies \['inr', '{family}'\]"):
             unpack(relabelled)
 
 
@@ -222,17 +221,6 @@ def test_the_adapter_bits_are_the_adapter_section_holding_every_quantised_tensor
     assert shapes == {k: tuple(v.shape) for k, v in tensors.items()}  # what the header implies is what was coded
     decoded = decode_tensors(stream.adapter_section, shapes, stream.header.quant_bits)
     assert all(torch.equal(decoded[k], fake_quantize(tensors[k], stream.header.quant_bits)) for k in tensors)
-
-
-def test_a_nola_stream_written_as_v3_decodes_to_the_frames_of_its_v1_original() -> None:
-    data = (DATA / "divinr_v1.dvr").read_bytes()
-    version, _, sections = read_container(data, SCHEMAS)
-    header = unpack(data).header
-    v3 = write_container(SCHEMA_V3, header.to_fields(), sections, version=FORMAT_VERSION)
-    assert version == 1 and read_header_schema(v3)[0] is DIVINR_V3 and unpack(v3).header == header
-    assert read_container(v3, SCHEMAS)[2] == sections and bits_breakdown(v3)["adapter"] == bits_breakdown(data)["adapter"]
-    before, after = (decompress(d, device="cpu", progress=False) for d in (data, v3))
-    assert torch.equal(before.frames, after.frames)
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -305,11 +293,11 @@ DECODE = textwrap.dedent(
     for adapter in ("lora", "vera"):
         stream = unpack(open(f"{sys.argv[1]}/{adapter}.dvr", "rb").read())
         backbone = load_backbone(stream.header.backbone)
-        inr = prepare_stream(stream, backbone)
+        condition = prepare_stream(stream, backbone)
         out[adapter] = {
             "projections": {k: v.clone() for k, v in backbone.transformer.named_buffers() if ".vera_" in k},
             "weights": {n: layer.get_base_layer().weight.clone() for n, layer in adapter_layers(backbone.transformer).items()},
-            "frames": reconstruct(backbone, stream, inr, device="cpu", progress=False).frames,
+            "frames": reconstruct(backbone, stream, condition, progress=False).frames,
         }
     torch.save(out, f"{sys.argv[1]}/decoder.pt")
     """

@@ -224,14 +224,18 @@ def v1_in(version: int) -> bytes:
     fields = dict(values, display_width=values["width"], display_height=values["height"])
     if version == 2:
         return write_container(SCHEMA_V2, fields, sections, version=2)
-    return write_container(SCHEMA_V3, dict(fields, conditioning=int(Conditioning.INR)), sections, version=3)
+    # v3's additions at what v1 and v2 streams imply: NOLA (the other families' defaults), the INR
+    v3 = {"adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0, "conditioning": int(Conditioning.INR)}
+    return write_container(SCHEMA_V3, dict(fields, **v3), sections, version=3)
 
 
 def test_an_inr_stream_written_as_v3_decodes_exactly_as_its_v1_and_v2_forms() -> None:
     """The committed v1 stream's header and sections, written as v2 and as v3, give the same
-    typed header and the same frames: v3 changes nothing for INR conditioning."""
+    typed header and the same frames: v3 changes nothing for NOLA and INR conditioning."""
     v1, v2, v3 = (DATA / "divinr_v1.dvr").read_bytes(), v1_in(2), v1_in(3)
     header = unpack(v1).header
+    assert read_container(v3, SCHEMAS)[2] == read_container(v1, SCHEMAS)[2]
+    assert bits_breakdown(v3)["adapter"] == bits_breakdown(v1)["adapter"] > 0
     assert [read_header_schema(d)[0] for d in (v2, v3)] == [DIVINR_V2, DIVINR_V3]
     assert unpack(v2).header == unpack(v3).header == header and DIVINR_V3.to_fields(header) == read_header_schema(v3)[1]
     frames = [decompress(d, device="cpu", progress=False).frames for d in (v1, v2, v3)]
@@ -259,14 +263,14 @@ def with_keyframes(data: bytes, *files: bytes) -> bytes:
 # files, an INR stream), each with what its error must say.
 INCONSISTENT: dict[str, tuple[Callable[[bytes, list[bytes], bytes], bytes], str]] = {
     "jpeg header, inr section": (
-        lambda data, files, inr: rewrite(inr, conditioning=1), "signals JPEG conditioning, so expected 'keyframes'"
+        lambda data, files, inr: rewrite(inr, conditioning=1), "signals JPEG conditioning and nola adapters, so implies \\['keyframes', 'nola'\\]"
     ),
     "inr header, keyframes section": (
-        lambda data, files, inr: rewrite(data, conditioning=0), "signals INR conditioning, so expected 'inr'"
+        lambda data, files, inr: rewrite(data, conditioning=0), "signals INR conditioning and nola adapters, so implies \\['inr', 'nola'\\]"
     ),
     "both sections": (
         lambda data, files, inr: rewrite(data, [("inr", b"\x00"), *read_container(data, SCHEMAS)[2]]),
-        "unexpected sections",
+        r"sections \['inr', 'keyframes', 'nola'\] disagree with the header",
     ),
     "mask mode ones": (lambda data, files, inr: rewrite(data, mask_mode=int(MaskMode.ONES)), "masks come from its keyframes"),
     "a keyframe missing": (

@@ -165,7 +165,7 @@ def test_a_crash_in_the_quant_stage_resumes_with_inr_and_nola_from_the_checkpoin
     keys = checkpoint["state_dict"].keys()
     assert any(k.endswith(".nola_beta") for k in keys) and any(k.startswith("inr.") for k in keys)
     result = DiVINRCodec(config, progress=False).train(short, workdir=tmp_path)
-    resumed, history = result.module, result.history
+    history = result.history
     assert history[0]["epoch"] == checkpoint["epoch"] + 1 and history[-1]["epoch"] == 6
     for key, value in checkpoint["state_dict"].items():
         if key.endswith(".nola_beta"):

@@ -527,12 +527,13 @@ def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
-    conditioning = "keyframes" if _keyframe_conditioned(values) else "inr"
+    keyframed = _keyframe_conditioned(values)
     adapter = _adapter_section(schema, values)
-    expected = [conditioning, *([adapter] if adapter else [])]
+    expected = ["keyframes" if keyframed else "inr", *([adapter] if adapter else [])]
     if sorted(named) != sorted(expected):
         raise BitstreamError(
-            f"sections {sorted(named)} disagree with the header, which implies {expected}; the bitstream is corrupt"
+            f"sections {sorted(named)} disagree with the header, which signals {'JPEG' if keyframed else 'INR'} "
+            f"conditioning and {adapter or 'no'} adapters, so implies {expected}; the bitstream is corrupt"
         )
     return schema, values, named
 

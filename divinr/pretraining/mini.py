@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -42,7 +41,6 @@ from divinr.data.video import read_video
 from divinr.errors import EXIT_USER_ERROR, DivinrError
 from divinr.metrics.functional import psnr_rgb
 from divinr.models.backbone import (
-    LATENT_CHANNELS,
     MINI_TRANSFORMER,
     MINI_VAE,
     Backbone,
