@@ -10,7 +10,7 @@ DiV-INR (positive: better than the default), and a Markdown table, a CSV of ever
 RD figures::
 
     OUT/runs/<exp>/clip/<clip>/<rate point>/results.json    every point (experiments.run)
-    OUT/ablations.md, ablations.csv, ablations.json          the table and every point
+    OUT/ablations.md, ablations.csv, ablations.json          the table and every finished point
     OUT/rd_<clip>.png                                        PSNR / MS-SSIM against bpp
 
 Not a timed test: the default run codes about 50 points, an hour or more on 2 cores.
@@ -39,7 +39,7 @@ from divinr.errors import EXIT_USER_ERROR, DivinrError
 from divinr.metrics.bd import bd_metric
 from divinr.metrics.names import REPORTED_METRICS
 from divinr.reporting import plot_rd_curves, sequence_curves
-from divinr.results import RunResult
+from divinr.results import RESULTS_NAME, RunResult, read_result
 from experiments.run import run
 from experiments.schema import register_configs
 
@@ -110,6 +110,14 @@ def run_curve(ablation: Ablation, clip: str, common: list[str]) -> list[RunResul
         if result is not None:
             results.append(result)
     return results
+
+
+def finished(out: Path) -> list[RunResult]:
+    """Every successful point under ``out/runs`` of a curve this benchmark knows, from earlier
+    invocations too (``--only`` narrows what is coded, not what is reported)."""
+    codecs = {a.codec for a in ABLATIONS}
+    results = (read_result(path) for path in sorted((out / "runs").glob(f"*/clip/*/*/{RESULTS_NAME}")))
+    return [r for r in results if r.status == "ok" and r.codec in codecs]
 
 
 def bd_rows(results: list[RunResult]) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -191,25 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablations-mini"))
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
-    parser.add_argument("--only", nargs="+", choices=[a.codec for a in ABLATIONS], help="run these curves only")
+    parser.add_argument(
+        "--only", nargs="+", choices=[a.codec for a in ABLATIONS],
+        help="code these curves (and the reference) only; the report still shows every finished point",
+    )
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--epochs", type=lambda t: [int(x) for x in t.split(",")], default=[60, 24, 12])
     args = parser.parse_args(argv)
     register_configs()
     out = args.out.resolve()
     chosen = [a for a in ABLATIONS if args.only is None or a.codec in args.only or a.codec == REFERENCE]
-    results: list[RunResult] = []
     try:
         for clip in args.clips:
             common = small_run(out, clip, args.frames, args.epochs)
             for ablation in chosen:
-                results += [r for r in run_curve(ablation, clip, common) if r.status == "ok"]
+                run_curve(ablation, clip, common)
     except DivinrError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    results = finished(out)
+    clips = sorted({r.sequence for r in results})
     report = {
         "command": "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
-        "clips": args.clips, "frames": args.frames, "epochs": args.epochs,
+        "clips": clips, "frames": args.frames, "epochs": args.epochs,
         "bd": bd_rows(results), "skipped_metrics": skipped_metrics(results), "points": [_point(r) for r in results],
     }  # fmt: skip
     atomic_write_text(out / "ablations.json", json.dumps(report, indent=1) + "\n")
@@ -220,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows({**p, "bits": json.dumps(p["bits"])} for p in report["points"])
     atomic_write_text(out / "ablations.csv", table.getvalue())
-    for clip in args.clips:
+    for clip in clips:
         figures = plot_rd_curves([r for r in results if r.sequence == clip], out / f"rd_{clip}", BD_METRICS, ("png",),
                                  log_x=True)  # fmt: skip
         print(*figures, sep="\n")
