@@ -13,6 +13,7 @@ from diffusers import WanTransformer3DModel
 from torch import nn
 
 from divinr.errors import BitstreamError, PresetError
+from divinr.models.adapters import load_adapter_state_dict
 from divinr.models.nola import (
     BasisBank,
     NOLAConfig,
@@ -21,7 +22,6 @@ from divinr.models.nola import (
     basis_seed,
     count_nola_coefficients,
     inject_nola,
-    load_nola_state_dict,
     merge_nola,
     nola_basis_bytes,
     nola_layers,
@@ -246,18 +246,18 @@ def test_state_dict_round_trip_and_strictness() -> None:
 
     with torch.no_grad():
         assert not torch.equal(run(target, inputs), run(source, inputs))
-        load_nola_state_dict(target, state)
+        load_adapter_state_dict(target, state)
         assert torch.equal(run(target, inputs), run(source, inputs))
 
     with pytest.raises(BitstreamError):
-        load_nola_state_dict(target, {k: v for k, v in state.items() if k != "proj_out.nola_beta"})
+        load_adapter_state_dict(target, {k: v for k, v in state.items() if k != "proj_out.nola_beta"})
     with pytest.raises(BitstreamError):
-        load_nola_state_dict(target, {**state, "blocks.9.ffn.net.2.nola_alpha": torch.zeros(8)})
+        load_adapter_state_dict(target, {**state, "blocks.9.ffn.net.2.nola_alpha": torch.zeros(8)})
     with pytest.raises(BitstreamError):
-        load_nola_state_dict(target, {**state, "proj_out.nola_beta": torch.zeros(9)})
+        load_adapter_state_dict(target, {**state, "proj_out.nola_beta": torch.zeros(9)})
     merge_nola(target)
     with pytest.raises(PresetError):
-        load_nola_state_dict(target, state)
+        load_adapter_state_dict(target, state)
 
 
 def test_patch_embedding_slice_changes_only_sliced_channels() -> None:

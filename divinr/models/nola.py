@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divinr.errors import BitstreamError, PresetError
+from divinr.errors import PresetError
 
 logger = logging.getLogger(__name__)
 
@@ -574,40 +574,6 @@ def nola_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         state[f"{name}.nola_alpha"] = layer.nola_alpha.detach()
         state[f"{name}.nola_beta"] = layer.nola_beta.detach()
     return state
-
-
-@torch.no_grad()
-def load_nola_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy coefficients into ``model`` strictly: the keys and shapes must match exactly.
-
-    Raises:
-        BitstreamError: missing, unexpected or mis-shaped coefficients (another NOLA config or
-            backbone than the encoder's).
-        PresetError: an adapter is merged (its merged weight would go stale).
-    """
-    layers = nola_layers(model)
-    if any(layer.merged for layer in layers.values()):
-        raise PresetError("cannot load NOLA coefficients into merged adapters; call unmerge_nola(model) first")
-    params = {
-        f"{name}.{attr}": getattr(layer, attr) for name, layer in layers.items() for attr in ("nola_alpha", "nola_beta")
-    }
-    missing = [k for k in params if k not in state]
-    unexpected = [k for k in state if k not in params]
-    if missing or unexpected:
-        raise BitstreamError(
-            f"NOLA coefficients do not fit the model ({len(missing)} missing, e.g. {missing[:2]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]}); "
-            "decode with the encoder's backbone and NOLA config"
-        )
-    for key, param in params.items():
-        value = state[key]
-        if value.shape != param.shape:
-            raise BitstreamError(
-                f"NOLA coefficient {key} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(param.shape)}; "
-                "decode with the encoder's NOLA config"
-            )
-        param.copy_(value)
 
 
 def merge_nola(model: nn.Module) -> None:
