@@ -44,6 +44,8 @@ from experiments.run import run
 from experiments.schema import register_configs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "experiments" / "conf"
+REPO_RESULTS = Path(__file__).resolve().parent / "results" / "ablations-mini"
+"""Where the committed run lives (its points' results and streams; decoded videos are not kept)."""
 REFERENCE = "divinr"
 BD_METRICS = ("psnr", "ms_ssim")
 
@@ -197,7 +199,7 @@ def _point(result: RunResult) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablations-mini"))
+    parser.add_argument("--out", type=Path, default=REPO_RESULTS)
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
     parser.add_argument(
         "--only", nargs="+", choices=[a.codec for a in ABLATIONS],

@@ -63,3 +63,21 @@ def test_bd_is_the_gap_to_the_reference_at_equal_rate() -> None:
     text = markdown({"command": "x", "clips": ["bikes"], "frames": 25, "epochs": [1, 0, 0], "bd": {"bikes": table},
                      "skipped_metrics": {"lpips": "weights missing"}, "points": []})  # fmt: skip
     assert "| no adapters (b = 0) | +1.000 | +0.010 | skipped |" in text
+
+
+def test_the_committed_table_is_computed_from_the_committed_points() -> None:
+    """Every point's bpp is its stream file's, and the BD table follows from the points."""
+    import json
+
+    from benchmarks.ablations import REPO_RESULTS, finished
+    from divinr.rate import bits_per_pixel
+
+    report = json.loads((REPO_RESULTS / "ablations.json").read_text())
+    results = finished(REPO_RESULTS)
+    assert len(results) == len(report["points"]) and len(report["clips"]) >= 2
+    for result in results:
+        stream = REPO_RESULTS / "runs" / result.config["resolved"]["exp_name"] / "clip" / result.sequence / result.rate_point
+        size = (stream / result.bitstream).stat().st_size
+        assert result.bpp == bits_per_pixel(size, result.frames, result.width, result.height)
+        assert result.bits["total"] == 8 * size
+    assert bd_rows(results) == report["bd"]
