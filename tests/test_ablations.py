@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from benchmarks.ablations import ABLATIONS, CLIPS, CONF_DIR, REFERENCE, bd_rows, markdown, small_run
+from benchmarks.ablations import ABLATIONS, CONF_DIR, REFERENCE, bd_rows, markdown, small_run
 from divinr.results import RunResult
 from experiments.run import encoder_config
 from experiments.schema import register_configs
@@ -23,7 +23,7 @@ def composed(ablation, value: float, out: Path):
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=[a.codec for a in ABLATIONS])
 def test_each_curve_is_its_experiment_made_small(ablation, tmp_path: Path) -> None:
-    value = (ablation.values or CLIPS["bikes"][2])[0]
+    value = ablation.values_on("bikes")[0]
     cfg = composed(ablation, value, tmp_path)
     config = encoder_config(cfg)
     assert (cfg.backbone.preset, cfg.data.clip, cfg.data.width, cfg.data.max_frames) == ("mini", "bikes", 256, 25)
@@ -42,7 +42,7 @@ def test_each_curve_is_its_experiment_made_small(ablation, tmp_path: Path) -> No
 def test_points_of_different_curves_never_share_a_folder(tmp_path: Path) -> None:
     from experiments.run import point_dir
 
-    folders = [point_dir(composed(a, v, tmp_path)) for a in ABLATIONS for v in (a.values or CLIPS["bikes"][2])]
+    folders = [point_dir(composed(a, v, tmp_path)) for a in ABLATIONS for v in a.values_on("bikes")]
     assert len(set(folders)) == len(folders)
 
 
