@@ -84,15 +84,16 @@ ABLATIONS = (
     Ablation("divinr-lora", "peft LoRA rank 2 (12,672 parameters)", "ablation_adapter", ("adapter=lora", "lora.rank=2")),
     Ablation("divinr-vera", "peft VeRA rank 759 (13,003 parameters)", "ablation_adapter", ("adapter=vera", "vera.rank=759")),
     Ablation("divinr-jpeg", "JPEG keyframes instead of the INR", "ablation_keyframes", (), "keyframe_quality",
-             (40.0, 75.0, 92.0, 98.0)),
+             {"bikes": (40.0, 75.0, 92.0, 98.0), "carphone": (75.0, 98.0)}),
 )  # fmt: skip
 
 # clip -> (width, height, target bpp of the INR curves). One 25-frame GoP; MS-SSIM needs 161+ px
 # a side, so carphone (176x144, held out of mini's pretraining) is upscaled slightly. The lowest
 # target is just above what NOLA b = 500, the header and the smallest INR take together (about
 # 0.105 / 0.124 bpp; b = 1000: 0.171 / 0.2, so it has targets of its own); the JPEG qualities
-# reach into the same range (a 25-frame GoP has one keyframe).
-CLIPS = {"bikes": (256, 176, (0.11, 0.16, 0.25)), "carphone": (216, 176, (0.13, 0.19, 0.3))}
+# reach into the same range (a 25-frame GoP has one keyframe). carphone, the second clip, has two
+# points a curve (the ends of bikes' range): its BDs are over straight lines.
+CLIPS = {"bikes": (256, 176, (0.11, 0.16, 0.25)), "carphone": (216, 176, (0.13, 0.3))}
 
 
 def small_run(out: Path, clip: str, frames: int, epochs: Sequence[int]) -> list[str]:
