@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from benchmarks.quality import int_list
 from divinr.atomic import atomic_write_text
 from divinr.errors import EXIT_USER_ERROR, DivinrError
 from divinr.metrics.bd import bd_metric
@@ -108,18 +110,18 @@ def small_run(out: Path, clip: str, frames: int, epochs: Sequence[int]) -> list[
     ]  # fmt: skip
 
 
-def run_curve(ablation: Ablation, clip: str, common: list[str]) -> list[RunResult]:
-    """Code (or skip) every point of one curve on one clip."""
-    results = []
+def point_config(ablation: Ablation, common: list[str], value: float) -> DictConfig:
+    """The composed config of one point: the curve's experiment and variant, made small, at ``value``."""
+    overrides = [*([f"+exp={ablation.exp}"] if ablation.exp else []), *ablation.overrides, *common,
+                 f"{ablation.axis}={value:g}", f"codec={ablation.codec}"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def run_curve(ablation: Ablation, clip: str, common: list[str]) -> None:
+    """Code (or skip) every point of one curve on one clip; the results are read back from disk."""
     for value in ablation.values_on(clip):
-        overrides = [*([f"+exp={ablation.exp}"] if ablation.exp else []), *ablation.overrides, *common,
-                     f"{ablation.axis}={value:g}", f"codec={ablation.codec}"]  # fmt: skip
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        result = run(cfg)
-        if result is not None:
-            results.append(result)
-    return results
+        run(point_config(ablation, common, value))
 
 
 def finished(out: Path) -> list[RunResult]:
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         help="code these curves (and the reference) only; the report still shows every finished point",
     )
     parser.add_argument("--frames", type=int, default=25)
-    parser.add_argument("--epochs", type=lambda t: [int(x) for x in t.split(",")], default=[60, 24, 12])
+    parser.add_argument("--epochs", type=int_list, default=[60, 24, 12])
     args = parser.parse_args(argv)
     register_configs()
     out = args.out.resolve()

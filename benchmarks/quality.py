@@ -252,7 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _ints(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """An argparse type for comma-separated integers, e.g. epochs ``150,60,30``."""
     return [int(v) for v in text.split(",")]
 
 
@@ -263,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="mini")
     parser.add_argument("--frames", type=int, default=49)
     parser.add_argument("--inr", nargs="+", default=["xxs", "xs", "s"])
-    parser.add_argument("--epochs", type=_ints, default=[150, 60, 30], help="DiV-INR dense,prune,quant epochs")
+    parser.add_argument("--epochs", type=int_list, default=[150, 60, 30], help="DiV-INR dense,prune,quant epochs")
     parser.add_argument("--hinerv", nargs="+", default=["4xs", "3xs", "xxs"])
-    parser.add_argument("--hinerv-epochs", type=_ints, default=[60, 20, 10])
-    parser.add_argument("--x265-qps", type=_ints, default=[51, 47, 43, 39, 35])
-    parser.add_argument("--vvenc-qps", type=_ints, default=[57, 52, 47, 42, 37])
+    parser.add_argument("--hinerv-epochs", type=int_list, default=[60, 20, 10])
+    parser.add_argument("--x265-qps", type=int_list, default=[51, 47, 43, 39, 35])
+    parser.add_argument("--vvenc-qps", type=int_list, default=[57, 52, 47, 42, 37])
     parser.add_argument("--skip-anchors", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

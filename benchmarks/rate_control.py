@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality import CLIPS, cached
+from benchmarks.quality import CLIPS, cached, int_list
 from divinr.atomic import atomic_write_text
 from divinr.codec import DiVINRCodec, load_clip
 from divinr.compression.bitstream import bits_breakdown, unpack
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--targets", nargs="+", type=_target, default=list(TARGETS), metavar="CLIP:BPP")
     check.add_argument("--backbone", default="mini")
     check.add_argument("--frames", type=int, default=25)
-    check.add_argument("--epochs", type=lambda t: [int(x) for x in t.split(",")], default=[60, 24, 12])
+    check.add_argument("--epochs", type=int_list, default=[60, 24, 12])
     args = parser.parse_args(argv)
     try:
         return calibrate(args) if args.command == "calibrate" else validate(args)

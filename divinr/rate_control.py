@@ -34,7 +34,7 @@ import torch
 
 from divinr.compression.bitstream import StreamHeader, bits_breakdown, unpack, writer_schema
 from divinr.compression.container import header_bits, section_bits
-from divinr.data.gop import plan_gops
+from divinr.data.gop import total_latent_frames
 from divinr.errors import PresetError
 from divinr.models.inr import INR_PRESETS, INRConfig, LatentINR, planned_inr
 from divinr.rate import pixel_count
@@ -59,7 +59,7 @@ class SectionModel:
 
     def bits(self, shapes: Iterable[Shape]) -> float:
         shapes = list(shapes)
-        return self.per_value * sum(math.prod(s) for s in shapes) + self.per_tensor * len(shapes)
+        return self.per_value * values_in(shapes) + self.per_tensor * len(shapes)
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class RateModel:
             header=header_bits(schema.elements, schema.to_fields(header)),
             inr=self.inr.bits(inr_shapes(header.inr, header.latent_size)) + section_bits("inr", b""),
             adapter=adapter,
-            pixels=pixel_count(header.frames, header.display_width or header.width, header.display_height or header.height),
+            pixels=pixel_count(header.frames, header.display_width, header.display_height),
         )
 
     def to_json(self) -> str:
@@ -132,6 +132,11 @@ class RateModel:
 def shipped_rate_model() -> RateModel:
     """The calibration that ships with divinr (fitted on the streams it lists)."""
     return RateModel.from_json(resources.files("divinr").joinpath(RATE_MODEL_NAME).read_text())
+
+
+def values_in(shapes: Iterable[Shape]) -> int:
+    """Number of scalars in tensors of ``shapes``."""
+    return sum(math.prod(s) for s in shapes)
 
 
 def inr_shapes(config: INRConfig, latent_size: tuple[int, int]) -> list[Shape]:
@@ -170,10 +175,10 @@ def fit_rate_model(streams: Mapping[str, bytes], *, prune_fraction: float) -> Ra
         header = unpack(data).header
         bits = bits_breakdown(data)
         shapes = inr_shapes(header.inr, header.latent_size)
-        rows.append([sum(math.prod(s) for s in shapes), len(shapes)])
+        rows.append([values_in(shapes), len(shapes)])
         inr_bits.append(bits["inr"] - section_bits("inr", b""))
         if bits["adapter"]:
-            adapter_values += sum(math.prod(s) for s in adapter_shapes(header))
+            adapter_values += values_in(adapter_shapes(header))
             adapter_bits += bits["adapter"] - section_bits(header.adapter, b"")
         widths.add(header.quant_bits)
     if len(widths) != 1:
@@ -237,7 +242,7 @@ def size_for_target(
     if not target_bpp > 0:
         raise PresetError(f"target bpp must be positive, got {target_bpp}")
     overrides = dict(overrides or {})
-    latent = sum(span.num_latent for span in plan_gops(header.frames, header.gop_size))
+    latent = total_latent_frames(header.frames, header.gop_size)
 
     def estimate(preset: str, scale: float) -> tuple[RateEstimate, INRConfig]:
         config = scaled_inr(planned_inr(preset, overrides, latent, header.latent_size), scale)
@@ -270,5 +275,5 @@ def size_for_target(
     widths = {k: getattr(config, k) for k in _WIDTH_FIELDS if getattr(config, k) != getattr(base, k)}
     return SizeChoice(
         preset=preset, scale=1.0 if not widths else round(scale, 6), overrides={**overrides, **widths}, config=config, estimate=chosen,
-        parameters=sum(math.prod(s) for s in inr_shapes(config, header.latent_size)),
+        parameters=values_in(inr_shapes(config, header.latent_size)),
     )  # fmt: skip

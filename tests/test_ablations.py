@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from benchmarks.ablations import ABLATIONS, CONF_DIR, REFERENCE, bd_rows, markdown, small_run
+from benchmarks.ablations import ABLATIONS, REFERENCE, bd_rows, markdown, point_config, small_run
 from divinr.results import RunResult
 from experiments.run import encoder_config
 from experiments.schema import register_configs
@@ -15,10 +13,7 @@ from experiments.schema import register_configs
 
 def composed(ablation, value: float, out: Path):
     register_configs()
-    overrides = [*([f"+exp={ablation.exp}"] if ablation.exp else []), *ablation.overrides,
-                 *small_run(out, "bikes", 25, (60, 24, 12)), f"{ablation.axis}={value:g}", f"codec={ablation.codec}"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return point_config(ablation, small_run(out, "bikes", 25, (60, 24, 12)), value)
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=[a.codec for a in ABLATIONS])

@@ -36,7 +36,7 @@ from divinr.compression.bitstream import (
 )
 from divinr.compression.container import write_container
 from divinr.compression.jpeg import encode_jpeg
-from divinr.data.gop import plan_gops
+from divinr.data.gop import plan_gops, total_latent_frames
 from divinr.data.video import Video, fps_fraction, pad_frames, read_video
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
@@ -114,7 +114,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
     default settings, so settings that cannot change the stream do not change its bytes.
     """
     width, height = coded_size(video.width, video.height)
-    num_latent = sum(span.num_latent for span in plan_gops(video.num_frames, config.gop_size))
+    num_latent = total_latent_frames(video.num_frames, config.gop_size)
     keyframed = config.conditioning == "jpeg"
     inr = UNUSED_INR if keyframed else planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8))
     header = StreamHeader(

@@ -79,6 +79,11 @@ class GoPSpan:
     num_latent: int
 
 
+def total_latent_frames(num_frames: int, gop_size: int = 25) -> int:
+    """Latent frames of a whole sequence cut by :func:`plan_gops`: what the INR's grids are sized for."""
+    return sum(span.num_latent for span in plan_gops(num_frames, gop_size))
+
+
 def plan_gops(num_frames: int, gop_size: int = 25) -> list[GoPSpan]:
     """Cut ``num_frames`` into VAE-sized GoPs (the geometry shared by encoder and decoder).
 
