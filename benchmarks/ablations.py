@@ -68,6 +68,7 @@ class Ablation:
     values: tuple[float, ...] | Mapping[str, tuple[float, ...]] | None = None
 
     def values_on(self, clip: str) -> tuple[float, ...]:
+        """The curve's values on ``clip``: its own, or the clip's INR targets."""
         if self.values is None:
             return CLIPS[clip][2]
         return self.values[clip] if isinstance(self.values, Mapping) else self.values
@@ -124,28 +125,28 @@ def run_curve(ablation: Ablation, clip: str, common: list[str]) -> None:
         run(point_config(ablation, common, value))
 
 
-def finished(out: Path) -> list[RunResult]:
-    """Every successful point under ``out/runs`` of a curve this benchmark knows, from earlier
-    invocations too (``--only`` narrows what is coded, not what is reported)."""
-    codecs = {a.codec for a in ABLATIONS}
+def finished(out: Path, curves: Sequence[Ablation] = ABLATIONS) -> list[RunResult]:
+    """Every successful point under ``out/runs`` of one of ``curves``, from earlier invocations too
+    (``--only`` narrows what is coded, not what is reported)."""
+    codecs = {a.codec for a in curves}
     results = (read_result(path) for path in sorted((out / "runs").glob(f"*/clip/*/*/{RESULTS_NAME}")))
     return [r for r in results if r.status == "ok" and r.codec in codecs]
 
 
-def bd_rows(results: list[RunResult]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """clip -> codec -> metric -> BD metric against the reference curve (None: no overlap or no values)."""
+def bd_rows(results: list[RunResult], reference: str = REFERENCE) -> dict[str, dict[str, dict[str, float | None]]]:
+    """clip -> codec -> metric -> BD metric against the ``reference`` curve (None: no overlap or no values)."""
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     for metric in BD_METRICS:
         curves = sequence_curves(results, metric)
         for (_, codec, clip), curve in curves.items():
-            reference = curves.get(("clip", REFERENCE, clip), [])
-            if codec == REFERENCE:
+            anchor = curves.get(("clip", reference, clip), [])
+            if codec == reference:
                 continue
             gap = math.nan
-            if len(curve) >= 2 and len(reference) >= 2:
+            if len(curve) >= 2 and len(anchor) >= 2:
                 with warnings.catch_warnings():  # partial overlap is reported as is, not refused
                     warnings.simplefilter("ignore")
-                    gap = bd_metric(*zip(*reference), *zip(*curve), "pchip", min_overlap=0.0)
+                    gap = bd_metric(*zip(*anchor), *zip(*curve), "pchip", min_overlap=0.0)
             table.setdefault(clip, {}).setdefault(codec, {})[metric] = None if math.isnan(gap) else round(gap, 3)
     return table
 
@@ -199,7 +200,7 @@ def _number(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _point(result: RunResult) -> dict[str, Any]:
+def point_row(result: RunResult) -> dict[str, Any]:
     return {
         "clip": result.sequence, "codec": result.codec, "rate_point": result.rate_point, "bpp": result.bpp,
         "bits": result.bits, **{m: result.metrics.get(m) for m in REPORTED_METRICS},
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
         "clips": clips, "frames": args.frames, "epochs": args.epochs,
-        "bd": bd_rows(results), "skipped_metrics": skipped_metrics(results), "points": [_point(r) for r in results],
+        "bd": bd_rows(results), "skipped_metrics": skipped_metrics(results), "points": [point_row(r) for r in results],
     }  # fmt: skip
     atomic_write_text(out / "ablations.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(out / "ablations.md", markdown(report))

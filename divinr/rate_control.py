@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from divinr.compression.bitstream import StreamHeader, bits_breakdown, unpack, writer_schema
+from divinr.compression.bitstream import StreamHeader, bits_breakdown, gop_section, unpack, writer_schema
 from divinr.compression.container import header_bits, section_bits
-from divinr.data.gop import total_latent_frames
+from divinr.data.gop import inr_latent_frames
 from divinr.errors import PresetError
 from divinr.models.inr import INR_PRESETS, INRConfig, LatentINR, planned_inr
 from divinr.rate import pixel_count
@@ -109,10 +109,14 @@ class RateModel:
     def predict(self, header: StreamHeader, adapter_shapes: Sequence[Shape]) -> RateEstimate:
         """Bits of the stream ``header`` describes, with adapter tensors of ``adapter_shapes``."""
         schema = writer_schema(StreamHeader)
-        adapter = self.adapter.bits(adapter_shapes) + section_bits(header.adapter, b"") if adapter_shapes else 0.0
+        inr = _sections(self.inr.bits(inr_shapes(header.inr, header.latent_size)), "inr", header, header.per_gop_inr)
+        adapter = (
+            _sections(self.adapter.bits(adapter_shapes), header.adapter, header, header.per_gop_adapters)
+            if adapter_shapes else 0.0
+        )  # fmt: skip
         return RateEstimate(
             header=header_bits(schema.elements, schema.to_fields(header)),
-            inr=self.inr.bits(inr_shapes(header.inr, header.latent_size)) + section_bits("inr", b""),
+            inr=inr,
             adapter=adapter,
             pixels=pixel_count(header.frames, header.display_width, header.display_height),
         )
@@ -127,6 +131,12 @@ class RateModel:
             inr=SectionModel(**values["inr"]), adapter=SectionModel(**values["adapter"]),
             quant_bits=values["quant_bits"], prune_fraction=values["prune_fraction"], streams=tuple(values["streams"]),
         )  # fmt: skip
+
+
+def _sections(bits: float, name: str, header: StreamHeader, per_gop: bool) -> float:
+    """Bits of one section of ``bits`` payload, or of one per GoP (each with its own name and length)."""
+    names = [gop_section(name, g) for g in range(header.num_gops)] if per_gop else [name]
+    return sum(bits + section_bits(n, b"") for n in names)
 
 
 def shipped_rate_model() -> RateModel:
@@ -242,7 +252,7 @@ def size_for_target(
     if not target_bpp > 0:
         raise PresetError(f"target bpp must be positive, got {target_bpp}")
     overrides = dict(overrides or {})
-    latent = total_latent_frames(header.frames, header.gop_size)
+    latent = inr_latent_frames(header.frames, header.gop_size, per_gop=header.per_gop_inr)
 
     def estimate(preset: str, scale: float) -> tuple[RateEstimate, INRConfig]:
         config = scaled_inr(planned_inr(preset, overrides, latent, header.latent_size), scale)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: Settings that may change between a finished point and a re-run without changing its result.
 ENVIRONMENT_KEYS = (
     "results_root", "force", "rescore", "keep_workdir", "verify_decode", "progress", "print_summary", "metrics", "logger", "label",
+    "gop_jobs",
     "backbone.path", "backbone.gradient_checkpointing", "training.device", "data.root",
 )
 

@@ -51,6 +51,7 @@ from divinr.reporting import plot_comparison
 from divinr.results import RunResult, git_commit
 from divinr.rate import bits_per_pixel
 from divinr.training.encoder import EncoderConfig
+from divinr.training.gop_jobs import GoPLauncher
 from divinr.training.losses import LossConfig
 from divinr.training.stages import Phase, paper_phases
 from experiments.anchors import run_anchor
@@ -126,6 +127,8 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
         mask_mode=cfg.mask_mode,
         conditioning=cfg.conditioning,
         keyframe_quality=cfg.keyframe_quality,
+        granularity=cfg.granularity,
+        nola_scope=cfg.nola_scope,
         quant_bits=training.bits,
         seed=training.seed,
         device=training.device,
@@ -152,7 +155,9 @@ def default_label(cfg: DictConfig) -> str:
     mask = ", M=1" if cfg.mask_mode == "ones" else ""
     sizes = {"nola": f"NOLA b={cfg.nola.num_bases}", "lora": f"LoRA r={cfg.lora.rank}", "vera": f"VeRA r={cfg.vera.rank}"}
     keyframes = ", JPEG keyframes" if cfg.conditioning == "jpeg" else ""
-    return f"DiV-INR ({cfg.backbone.preset}, {sizes.get(cfg.adapter, cfg.adapter)}, {schedule} ep{mask}{keyframes})"
+    scope = cfg.nola_scope or cfg.granularity
+    gops = "" if cfg.granularity == "sequence" else f", per-GoP INR{' + adapters' if scope == 'gop' else ''}"
+    return f"DiV-INR ({cfg.backbone.preset}, {sizes.get(cfg.adapter, cfg.adapter)}, {schedule} ep{mask}{keyframes}{gops})"
 
 
 # ---------------------------------------------------------------------------- loggers
@@ -202,7 +207,8 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
     logger = make_logger(cfg, run_dir, f"{cfg.exp_name}/{dataset}/{sequence}/{cfg.rate_point}")
     stream = run_dir / STREAM_NAME
     # The stream is written as soon as it exists, so a failure afterwards never loses the training.
-    encoded = DiVINRCodec(config, progress=cfg.progress).encode(
+    launcher = GoPLauncher(**OmegaConf.to_container(cfg.gop_jobs, resolve=True))
+    encoded = DiVINRCodec(config, progress=cfg.progress, launcher=launcher).encode(
         video, workdir=run_dir / WORK_NAME, logger=logger, bitstream_path=stream, reconstruct=cfg.verify_decode
     )
     # The honest decoder: only the file and the public backbone, loaded afresh.

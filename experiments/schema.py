@@ -193,6 +193,20 @@ class AnchorConf:
 
 
 @dataclass
+class GoPJobsConf:
+    """Where the GoPs of ``granularity=gop`` with per-GoP adapters train
+    (:class:`~divinr.training.gop_jobs.GoPLauncher`): ``inline`` (this job, in turn), ``local``
+    (``workers`` processes here) or ``slurm`` (an array, ``workers`` at once, 0 = no limit;
+    ``slurm`` holds submitit's parameters, e.g. ``slurm_partition``, ``gpus_per_node``,
+    ``timeout_min``). Not a setting of the stream: changing it never invalidates a point."""
+
+    kind: str = "inline"
+    workers: int = 1
+    timeout_min: int = 24 * 60
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DivinrConfig:
     """Root config of one rate point of one sequence.
 
@@ -201,8 +215,9 @@ class DivinrConfig:
     ablation adds tags such as ``-b500`` or ``jpeg-q30``; ``${inr_size:}`` is the INR preset, or
     ``bpp<target>`` with ``inr.target_bpp`` set), ``codec`` names the RD curve the point belongs
     to. ``adapter`` picks the adapter family (``nola``, ``lora`` or ``vera``) whose group applies.
-    ``gop_size``, ``mask_mode``, ``conditioning`` and ``keyframe_quality`` are
-    :class:`~divinr.training.encoder.EncoderConfig`'s.
+    ``gop_size``, ``mask_mode``, ``conditioning``, ``keyframe_quality``, ``granularity`` and
+    ``nola_scope`` (null: the granularity's) are :class:`~divinr.training.encoder.EncoderConfig`'s;
+    ``gop_jobs`` says where per-GoP trainings run.
     With ``anchor`` set, the run codes the sequence with that reference codec instead, one
     folder per rate point of its sweep: ``.../<sequence>/<anchor name>/<qp37 | preset>``
     (``experiments.anchors``); the DiV-INR groups are then unused. A point is decoded once,
@@ -226,6 +241,9 @@ class DivinrConfig:
     adapter: str = EncoderConfig.adapter
     conditioning: str = EncoderConfig.conditioning
     keyframe_quality: int = EncoderConfig.keyframe_quality
+    granularity: str = EncoderConfig.granularity
+    nola_scope: str | None = EncoderConfig.nola_scope
+    gop_jobs: GoPJobsConf = field(default_factory=GoPJobsConf)
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     backbone: BackboneConf = field(default_factory=BackboneConf)
     inr: INRConf = field(default_factory=INRConf)

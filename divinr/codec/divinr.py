@@ -2,7 +2,9 @@
 
     encoder: frames --VAE--> cached latents --train INR + adapters (dense -> prune -> Quant-Noise,
              divinr.training.encoder)--> quantise + range-code --> bitstream
-             (JPEG conditioning: each GoP's first frame JPEG-coded, only NOLA trains)
+             (JPEG conditioning: each GoP's first frame JPEG-coded, only NOLA trains;
+              granularity gop: an INR per GoP; with per-GoP adapters each GoP trains alone,
+              possibly as its own job, divinr.training.gop_jobs, and the stream is assembled)
     decoder: bitstream + public backbone --> frames        (divinr.inference.decoder)
 
 Nothing but the bitstream and the public backbone passes from encoder to decoder. The optional
@@ -29,14 +31,17 @@ from divinr.compression.bitstream import (
     Bitstream,
     CodecKind,
     Conditioning,
+    Granularity,
     MaskMode,
     StreamHeader,
+    encode_tensors,
     pack,
+    pack_sections,
     writer_schema,
 )
 from divinr.compression.container import write_container
 from divinr.compression.jpeg import encode_jpeg
-from divinr.data.gop import plan_gops, total_latent_frames
+from divinr.data.gop import inr_latent_frames, plan_gops
 from divinr.data.video import Video, fps_fraction, pad_frames, read_video
 from divinr.devices import resolve_device
 from divinr.errors import BitstreamError, PresetError, VideoFormatError
@@ -52,7 +57,7 @@ from divinr.inference.decoder import (
 )
 from divinr.models.adapters import LoRAConfig, VeRAConfig, adapter_state_dict, eject_adapters
 from divinr.models.backbone import Backbone, backbone_fingerprint, load_backbone
-from divinr.models.inr import INRConfig, LatentINR, planned_inr
+from divinr.models.inr import GoPINRs, INRConfig, LatentINR, planned_inr
 from divinr.models.nola import NOLAConfig
 from divinr.rate_control import SizeChoice, shipped_rate_model, size_for_target
 
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     import lightning as L
 
     from divinr.training.encoder import EncoderConfig
+    from divinr.training.gop_jobs import GoPLauncher
     from divinr.training.module import DiVINRModule
 
 
@@ -114,7 +120,8 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
     default settings, so settings that cannot change the stream do not change its bytes.
     """
     width, height = coded_size(video.width, video.height)
-    num_latent = total_latent_frames(video.num_frames, config.gop_size)
+    per_gop = config.granularity == "gop"
+    num_latent = inr_latent_frames(video.num_frames, config.gop_size, per_gop=per_gop)
     keyframed = config.conditioning == "jpeg"
     inr = UNUSED_INR if keyframed else planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8))
     header = StreamHeader(
@@ -139,6 +146,8 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         lora=config.lora if config.adapter == "lora" else LoRAConfig(),
         vera=config.vera if config.adapter == "vera" else VeRAConfig(),
         conditioning=Conditioning.JPEG if keyframed else Conditioning.INR,
+        granularity=Granularity.GOP if per_gop else Granularity.SEQUENCE,
+        nola_scope=Granularity.GOP if config.nola_scope == "gop" else Granularity.SEQUENCE,
     )
     schema = writer_schema(StreamHeader)
     try:
@@ -155,17 +164,28 @@ def keyframe_files(video: Video, config: EncoderConfig) -> list[bytes]:
     return [encode_jpeg(video.frames[span.start], config.keyframe_quality) for span in spans]
 
 
-def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[bytes] = ()) -> bytes:
-    """The bitstream of a trained module: INR tensors in the canonical order of the header's
-    architecture, or (a module without an INR) the ``keyframes`` it was trained on."""
-    if module.inr is None:
-        return pack(header, {}, adapter_state_dict(module.transformer), keyframes)
+def inr_tensors(inr: LatentINR, header: StreamHeader) -> dict[str, torch.Tensor]:
+    """A trained INR's tensors in the canonical order of the header's architecture (the order the
+    bitstream codes them in, without names)."""
     with torch.device("meta"):
-        canonical = list(type(module.inr)(header.inr, header.latent_size).state_dict())
-    trained = module.inr.state_dict()
+        canonical = list(type(inr)(header.inr, header.latent_size).state_dict())
+    trained = inr.state_dict()
     if sorted(canonical) != sorted(trained):
         raise ValueError("the trained INR does not match the architecture in its header")
-    return pack(header, {k: trained[k] for k in canonical}, adapter_state_dict(module.transformer))
+    return {k: trained[k] for k in canonical}
+
+
+def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[bytes] = ()) -> bytes:
+    """The bitstream of a trained module: its INR (or each GoP's) and its adapters, or (a module
+    without an INR) the ``keyframes`` it was trained on."""
+    adapter = adapter_state_dict(module.transformer)
+    if module.inr is None:
+        return pack(header, {}, adapter, keyframes)
+    if not header.per_gop_inr:
+        return pack(header, inr_tensors(module.inr, header), adapter)
+    inrs = list(module.inr) if isinstance(module.inr, GoPINRs) else [module.inr]
+    coded = [encode_tensors(inr_tensors(inr, header), header.quant_bits) for inr in inrs]
+    return pack_sections(header, coded, [encode_tensors(adapter, header.quant_bits)] if adapter else [])
 
 
 class Trained(NamedTuple):
@@ -189,6 +209,7 @@ class DiVINRCodec(Codec):
             encoder's ``config.backbone_path``, else the preset's own location).
         device: where decoding runs (default: the encoder's device, else ``auto``).
         progress: show progress bars.
+        launcher: where the GoPs of a per-GoP-adapter encode train (default: here, in turn).
     """
 
     kind: ClassVar[CodecKind] = CodecKind.DIVINR
@@ -200,8 +221,10 @@ class DiVINRCodec(Codec):
         backbone_path: str | Path | None = None,
         device: str | None = None,
         progress: bool = True,
+        launcher: GoPLauncher | None = None,
     ) -> None:
         self.config = config
+        self.launcher = launcher
         self.backbone_path = backbone_path if backbone_path is not None else (config.backbone_path if config else None)
         self.device = device if device is not None else (config.device if config else "auto")
         self.progress = progress
@@ -227,9 +250,9 @@ class DiVINRCodec(Codec):
         from divinr.training.encoder import train_codec
         from divinr.training.resume import workdir_lock
 
-        if self.config is None:
-            raise PresetError("this DiVINRCodec was built for decoding; give it an EncoderConfig to encode")
-        config = self.config
+        config = self._encoder_config()
+        if config.nola_scope == "gop":
+            raise PresetError("with per-GoP adapters every GoP trains alone: encode() runs and assembles them")
         header = plan_header(video, config)
         keyframes = tuple(keyframe_files(video, config)) if header.conditioning == Conditioning.JPEG else ()
         video = pad_video(video, header.width, header.height)
@@ -251,6 +274,44 @@ class DiVINRCodec(Codec):
         header = replace(header, backbone_fingerprint=fingerprint, nola_layers=len(adapted))
         inr = module.inr.eval() if module.inr is not None else None
         return Trained(inr, module, header, history, keyframes, size)
+
+    def _encoder_config(self) -> EncoderConfig:
+        if self.config is None:
+            raise PresetError("this DiVINRCodec was built for decoding; give it an EncoderConfig to encode")
+        return self.config
+
+    def _encode_gops(
+        self, video: Video, workdir: Path | None, callbacks: Sequence[L.Callback]
+    ) -> tuple[bytes, StreamHeader, list[dict[str, float]], SizeChoice | None]:
+        """Per-GoP adapters: each GoP trained alone (where the launcher says; finished GoPs of an
+        earlier run are kept), then the stream assembled from their parts.
+
+        A target rate is met by sizing the INR here, on a backbone loaded on the CPU only to
+        count the adapter tensors (the jobs load their own)."""
+        import tempfile
+
+        from divinr.training.gop_jobs import GoPLauncher, assembled_header, gop_jobs, run_jobs
+        from divinr.training.resume import workdir_lock
+
+        config = self._encoder_config()
+        launcher = self.launcher or GoPLauncher()
+        header = plan_header(video, config)
+        size = None
+        if config.target_bpp is not None:
+            backbone = load_backbone(config.backbone, path=config.backbone_path, dtype=config.model_dtype(), device="cpu")
+            adapted = backbone.adapt(config.adapter_config, init_seed=config.seed)
+            config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)), backbone)
+            del backbone
+        padded = pad_video(video, header.width, header.height)
+        if workdir is None and launcher.kind != "inline":
+            raise PresetError(f"GoP jobs on the {launcher.kind} launcher write their parts to a work folder: pass workdir")
+        with tempfile.TemporaryDirectory(prefix="divinr-gops-") as scratch:
+            folder = Path(workdir) if workdir is not None else Path(scratch)
+            with workdir_lock(folder):
+                parts = run_jobs(gop_jobs(padded, config, header, folder, self.progress), launcher, callbacks)
+        header = assembled_header(header, parts)
+        data = pack_sections(header, [p.inr for p in parts], [p.adapter for p in parts] if parts[0].adapter else [])
+        return data, header, [dict(row, gop=part.index) for part in parts for row in part.history], size
 
     def _sized(
         self, config: EncoderConfig, header: StreamHeader, backbone: Backbone
@@ -275,16 +336,28 @@ class DiVINRCodec(Codec):
         callbacks: Sequence[L.Callback] = (),
         bitstream_path: str | Path | None = None,
     ) -> Encoded:
-        """Train (:meth:`train`) and code; ``reconstruct`` decodes with the training's own backbone."""
+        """Train (:meth:`train`) and code; ``reconstruct`` decodes with the training's own backbone.
+
+        With per-GoP adapters the GoPs train alone (:mod:`divinr.training.gop_jobs`): ``logger``
+        is not used (each GoP's history is in the result's, tagged ``gop``) and ``reconstruct``
+        decodes with a freshly loaded backbone.
+        """
         start = time.perf_counter()
-        trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
+        if self._encoder_config().nola_scope == "gop":
+            data, header, history, size = self._encode_gops(video, Path(workdir) if workdir else None, callbacks)
+            decode = self.decompress if reconstruct else None
+        else:
+            trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
+            data, header, history, size = (
+                pack_module(trained.module, trained.header, trained.keyframes), trained.header, trained.history,
+                trained.size,
+            )  # fmt: skip
+            decode = partial(self._reconstruct, trained) if reconstruct else None
         encoded = self._encoded(
-            video, pack_module(trained.module, trained.header, trained.keyframes), trained.header, trained.history,
-            started=start,
-            bitstream_path=bitstream_path, reconstruct=partial(self._reconstruct, trained) if reconstruct else None,
+            video, data, header, history, started=start, bitstream_path=bitstream_path, reconstruct=decode
         )
-        if trained.size is not None:
-            encoded.predicted_bpp = trained.size.estimate.bpp
+        if size is not None:
+            encoded.predicted_bpp = size.estimate.bpp
         return encoded
 
     def _reconstruct(self, trained: Trained, data: bytes) -> Decoded:

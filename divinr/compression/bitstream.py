@@ -1,17 +1,21 @@
 """The divinr bitstreams: what each decoder needs, declared field by field, and nothing else.
 
     container (see :mod:`divinr.compression.container`), schema chosen by (format version, kind)
-      DiV-INR v3    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
+      DiV-INR v4    codec kind, backbone preset + fingerprint, DiT dtype, video geometry (coded
                     size and display size), GoP length, INR architecture, mask mode, quantiser
                     width, NOLA settings, sampler, adapter family + LoRA and VeRA settings,
-                    conditioning (v2, still read: NOLA, INR conditioning; v1: no display size either)
+                    conditioning, granularity + adapter scope (v3, still read: one INR and one
+                    adapter set per sequence; v2: NOLA, INR conditioning; v1: no display size either)
       pixel INR v2  codec kind, video geometry, INR architecture, quantiser width
       "inr"         every INR tensor, 6-bit quantised + range coded, in state-dict order
+                    (granularity gop: one section per GoP, "inr.0", "inr.1", ..., each an INR of
+                    the header's architecture for that GoP alone)
       "keyframes"   (DiV-INR with JPEG conditioning, instead of "inr") one JPEG file per GoP
                     (:mod:`divinr.compression.jpeg`); such a header's INR fields are not read
       adapter       (DiV-INR) section named after the family ("nola", "lora", "vera"): every
                     trained adapter tensor (NOLA: alpha, beta per layer; LoRA: A, B; VeRA:
                     lambda_b, lambda_d), same coding; VeRA's shared projections are not sent
+                    (adapter scope gop: one section per GoP, "nola.0", "nola.1", ...)
       CRC32
 
 Nothing is kept at higher precision: every INR tensor (grids, weights, biases) and every adapter
@@ -71,9 +75,9 @@ if TYPE_CHECKING:
     from divinr.models.inr import INRConfig
     from divinr.models.nola import NOLAConfig
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The format version DiV-INR streams are written in (v2 added the display size, v3 the adapter
-family and the conditioning)."""
+family and the conditioning, v4 the granularity and the adapter scope)."""
 BLOCK = 16
 """Coded sides are multiples of this: the VAE downsamples by 8 and the DiT patches latents by 2."""
 
@@ -97,6 +101,14 @@ class Conditioning(enum.IntEnum):
     JPEG = 1
 
 
+class Granularity(enum.IntEnum):
+    """What one INR (granularity) or one adapter set (adapter scope) represents: the whole
+    sequence, or one GoP, so that GoPs train independently."""
+
+    SEQUENCE = 0
+    GOP = 1
+
+
 INR_HEAD_CODES = {"latent": 0, "rgb": 1}
 # Compute dtype of the DiT: the decoder must sample in the encoder's precision to reproduce it.
 DIT_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
@@ -104,6 +116,7 @@ MASK_MODE_CODES = {mode: int(mode) for mode in MaskMode}
 # The adapter family; its name is also the name of the stream's adapter section.
 ADAPTER_CODES = {"nola": 0, "lora": 1, "vera": 2}
 CONDITIONING_CODES = {kind: int(kind) for kind in Conditioning}
+GRANULARITY_CODES = {kind: int(kind) for kind in Granularity}
 
 # Upper bounds checked before anything is built from a header (a hostile file must not make the
 # decoder allocate gigabytes, loop for hours or hand the transformer what it cannot take).
@@ -169,6 +182,9 @@ class StreamHeader(_TypedHeader):
     uses (v1 and v2 streams: NOLA); the other families' settings hold their defaults.
     ``nola_layers`` counts the adapted layers, whatever the family.
     ``conditioning`` says which section gives the DiT its (y, M) (v1 and v2 streams: the INR).
+    ``granularity`` says whether one INR codes the sequence or each GoP has its own (``inr`` is
+    then the architecture of every GoP's INR), ``nola_scope`` the same for the adapter tensors,
+    whatever the family (GoP scope needs GoP granularity; v1 to v3 streams: sequence, sequence).
     """
 
     kind: CodecKind
@@ -192,6 +208,8 @@ class StreamHeader(_TypedHeader):
     lora: LoRAConfig = dataclasses.field(default_factory=lambda: _config_types()["lora"]())
     vera: VeRAConfig = dataclasses.field(default_factory=lambda: _config_types()["vera"]())
     conditioning: Conditioning = Conditioning.INR
+    granularity: Granularity = Granularity.SEQUENCE
+    nola_scope: Granularity = Granularity.SEQUENCE
 
     def __post_init__(self) -> None:
         for side in ("width", "height"):
@@ -206,6 +224,28 @@ class StreamHeader(_TypedHeader):
     @property
     def latent_size(self) -> tuple[int, int]:
         return self.height // 8, self.width // 8
+
+    @property
+    def num_gops(self) -> int:
+        return gop_count(self.frames, self.gop_size)
+
+    @property
+    def per_gop_inr(self) -> bool:
+        return self.granularity == Granularity.GOP
+
+    @property
+    def per_gop_adapters(self) -> bool:
+        return self.nola_scope == Granularity.GOP
+
+
+def gop_count(frames: int, gop_size: int) -> int:
+    """GoPs of a sequence (:func:`divinr.data.gop.plan_gops` without torch: the header is read torch-free)."""
+    return -(-frames // gop_size)
+
+
+def gop_section(name: str, index: int) -> str:
+    """The name of GoP ``index``'s section of kind ``name`` ("inr", or an adapter family)."""
+    return f"{name}.{index}"
 
 
 @dataclass(frozen=True)
@@ -298,6 +338,11 @@ _V3_ELEMENTS: tuple[Element, ...] = (
 )
 DIVINR_V3_ELEMENTS = DIVINR_V2_ELEMENTS + _V3_ELEMENTS
 """Format v3: v2's elements, then the adapter family, the LoRA and VeRA settings and the conditioning."""
+DIVINR_V4_ELEMENTS = DIVINR_V3_ELEMENTS + (
+    Element("granularity", U8, "granularity", codes=GRANULARITY_CODES),
+    Element("nola_scope", U8, "nola_scope", codes=GRANULARITY_CODES),
+)
+"""Format v4: v3's elements, then the granularity and the adapter scope."""
 
 
 # -- cross-field rules --------------------------------------------------------------------------
@@ -344,6 +389,15 @@ def _keyframes_rule(v: Mapping[str, HeaderValue]) -> str | None:
     return None
 
 
+def _granularity_rule(v: Mapping[str, HeaderValue]) -> str | None:
+    """Per-GoP adapters belong to per-GoP models; keyframes are per GoP already."""
+    if v["nola_scope"] == Granularity.GOP and v["granularity"] != Granularity.GOP:
+        return "header nola_scope gop with granularity sequence (one model per sequence has one adapter set)"
+    if v["granularity"] == Granularity.GOP and v["conditioning"] != Conditioning.INR:
+        return "header granularity gop in a JPEG-conditioned stream, which has no INR to split by GoP"
+    return None
+
+
 def _backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
     backbone, fingerprint = value_of(v, "backbone", str), value_of(v, "backbone_fingerprint", bytes)
     if not _BACKBONE_NAME.fullmatch(backbone):
@@ -361,14 +415,18 @@ def _no_backbone_rule(v: Mapping[str, HeaderValue]) -> str | None:
 
 # -- the schemas, keyed by (format version, codec kind) -----------------------------------------
 _DIVINR_RULES = (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _backbone_rule)
-# v1 and v2 stay readable (v1 streams display the coded size; both use NOLA and are
-# INR-conditioned); headers are written with v3.
+# v1 to v3 stay readable (v1 streams display the coded size; v1 and v2 use NOLA and are
+# INR-conditioned; all three code one INR and one adapter set per sequence); headers are written with v4.
 DIVINR_V1: HeaderSchema[StreamHeader] = HeaderSchema(1, DIVINR_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES)
 DIVINR_V2: HeaderSchema[StreamHeader] = HeaderSchema(
     2, DIVINR_V2_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule,)
 )
 DIVINR_V3: HeaderSchema[StreamHeader] = HeaderSchema(
-    FORMAT_VERSION, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule, _keyframes_rule)
+    3, DIVINR_V3_ELEMENTS, StreamHeader, _config_types, _DIVINR_RULES + (_display_rule, _keyframes_rule)
+)
+DIVINR_V4: HeaderSchema[StreamHeader] = HeaderSchema(
+    FORMAT_VERSION, DIVINR_V4_ELEMENTS, StreamHeader, _config_types,
+    _DIVINR_RULES + (_display_rule, _keyframes_rule, _granularity_rule),
 )
 _PIXEL_KIND = Element("kind", U8, "kind", codes={CodecKind.PIXEL_INR: 1})
 _PIXEL_PARTS = {f.name for f in dataclasses.fields(PixelINRHeader)}
@@ -400,7 +458,7 @@ PIXEL_INR_V1: HeaderSchema[PixelINRHeader] = HeaderSchema(
     PixelINRHeader, _config_types, (_sides_rule, _gop_rule, _fps_rule, _stages_rule, _no_backbone_rule),
 )  # fmt: skip
 HEADER_SCHEMAS: dict[SchemaKey, HeaderSchema[Any]] = {
-    s.key: s for s in (DIVINR_V1, DIVINR_V2, DIVINR_V3, PIXEL_INR_V1, PIXEL_INR_V2)
+    s.key: s for s in (DIVINR_V1, DIVINR_V2, DIVINR_V3, DIVINR_V4, PIXEL_INR_V1, PIXEL_INR_V2)
 }
 SCHEMAS = {key: schema.elements for key, schema in HEADER_SCHEMAS.items()}
 """What :func:`~divinr.compression.container.read_container` takes: the fields of every schema."""
@@ -409,7 +467,9 @@ SCHEMA_V1 = DIVINR_V1.elements
 SCHEMA_V2 = DIVINR_V2.elements
 """DiV-INR format v2's fields, for the same use."""
 SCHEMA_V3 = DIVINR_V3.elements
-"""DiV-INR format v3's fields (the ones DiV-INR streams are written with), for the same use."""
+"""DiV-INR format v3's fields, for the same use."""
+SCHEMA_V4 = DIVINR_V4.elements
+"""DiV-INR format v4's fields (the ones DiV-INR streams are written with), for the same use."""
 
 
 def writer_schema(header_type: type) -> HeaderSchema[Any]:
@@ -480,13 +540,43 @@ def decode_tensors(data: bytes, expected: Mapping[str, tuple[int, ...]], bits: i
 
 @dataclass(frozen=True)
 class Bitstream:
-    """A parsed stream: the header and its sections, still coded (a keyframe stream's
-    ``keyframes_section`` replaces ``inr_section``, which is then empty)."""
+    """A parsed stream: the header and its sections, still coded.
+
+    ``inr_sections`` holds the sequence's INR section, or (granularity gop) one per GoP, in GoP
+    order; ``adapter_sections`` none (no adapted layers), the sequence's one or one per GoP
+    (adapter scope gop). A keyframe stream's ``keyframes_section`` replaces the INR sections.
+    """
 
     header: Header
-    inr_section: bytes
-    adapter_section: bytes
+    inr_sections: tuple[bytes, ...]
+    adapter_sections: tuple[bytes, ...]
     keyframes_section: bytes = b""
+
+    @property
+    def inr_section(self) -> bytes:
+        """The INR section of a sequence-granularity stream (empty for keyframe streams)."""
+        return _only(self.inr_sections, "INR")
+
+    @property
+    def adapter_section(self) -> bytes:
+        """The adapter section of a stream with one adapter set (empty without adapters)."""
+        return _only(self.adapter_sections, "adapter")
+
+    def inr_section_of(self, gop: int) -> bytes:
+        """The INR section GoP ``gop`` is conditioned by (the sequence's, or its own)."""
+        return self.inr_sections[gop if len(self.inr_sections) > 1 else 0]
+
+    def adapter_section_of(self, gop: int) -> bytes:
+        """The adapter section GoP ``gop`` is decoded with (empty without adapters)."""
+        if not self.adapter_sections:
+            return b""
+        return self.adapter_sections[gop if len(self.adapter_sections) > 1 else 0]
+
+
+def _only(sections: tuple[bytes, ...], what: str) -> bytes:
+    if len(sections) > 1:
+        raise ValueError(f"the stream has one {what} section per GoP; use the per-GoP accessor")
+    return sections[0] if sections else b""
 
 
 def pack(
@@ -495,28 +585,52 @@ def pack(
     adapter_tensors: Mapping[str, torch.Tensor],
     keyframes: Sequence[bytes] = (),
 ) -> bytes:
-    """Write a complete bitstream; ``adapter_tensors`` (in a section named after ``header.adapter``)
-    empty for the pixel baseline or NOLA with b = 0.
+    """Write a complete bitstream with one INR and one adapter set; ``adapter_tensors`` (in a
+    section named after ``header.adapter``) empty for the pixel baseline or NOLA with b = 0.
 
     A JPEG-conditioned header takes ``keyframes`` (one JPEG file per GoP) and no INR tensors.
+    Per-GoP streams are assembled from their coded sections by :func:`pack_sections`.
     """
-    schema = writer_schema(type(header))
-    fields = schema.to_fields(header)
+    fields = writer_schema(type(header)).to_fields(header)
     if _keyframe_conditioned(fields):
         if inr_tensors:
             raise ValueError("a JPEG-conditioned stream carries keyframes, not INR tensors")
         from divinr.compression.jpeg import pack_keyframes
 
-        sections = [("keyframes", pack_keyframes(keyframes))]
-    elif keyframes:
+        return pack_sections(header, [], _adapter_payloads(header, [adapter_tensors]), pack_keyframes(keyframes))
+    if keyframes:
         raise ValueError("keyframes need a JPEG-conditioned header")
-    else:
-        sections = [("inr", encode_tensors(inr_tensors, header.quant_bits))]
-    if adapter_tensors:
-        if not isinstance(header, StreamHeader):
-            raise ValueError("only DiV-INR streams carry adapter tensors")
-        sections.append((header.adapter, encode_tensors(adapter_tensors, header.quant_bits)))
-    return write_container(schema.elements, fields, sections, version=schema.version)
+    inr = [encode_tensors(inr_tensors, header.quant_bits)]
+    return pack_sections(header, inr, _adapter_payloads(header, [adapter_tensors]))
+
+
+def _adapter_payloads(header: Header, adapter_tensors: Sequence[Mapping[str, torch.Tensor]]) -> list[bytes]:
+    if not any(adapter_tensors):
+        return []
+    if not isinstance(header, StreamHeader):
+        raise ValueError("only DiV-INR streams carry adapter tensors")
+    return [encode_tensors(tensors, header.quant_bits) for tensors in adapter_tensors]
+
+
+def pack_sections(
+    header: Header, inr: Sequence[bytes], adapter: Sequence[bytes], keyframes: bytes | None = None
+) -> bytes:
+    """Write a bitstream from coded sections (:func:`encode_tensors` payloads): ``inr`` the
+    sequence's one or one per GoP, as the header's granularity says; ``adapter`` none, one, or
+    one per GoP (its adapter scope); ``keyframes`` the keyframe section of a JPEG-conditioned
+    header. The counts must be the ones the header implies."""
+    schema = writer_schema(type(header))
+    fields = schema.to_fields(header)
+    inr_names, adapter_names, keyframed = _section_layout(schema, fields)
+    if keyframed != (keyframes is not None):
+        raise ValueError("a keyframe section goes with, and only with, a JPEG-conditioned header")
+    if (len(inr), len(adapter)) != (len(inr_names), len(adapter_names)):
+        raise ValueError(
+            f"the header implies {len(inr_names)} INR and {len(adapter_names)} adapter sections, "
+            f"got {len(inr)} and {len(adapter)}"
+        )
+    sections = [("keyframes", keyframes)] if keyframes is not None else list(zip(inr_names, inr))
+    return write_container(schema.elements, fields, sections + list(zip(adapter_names, adapter)), version=schema.version)
 
 
 def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[str, bytes]]:
@@ -527,13 +641,14 @@ def _read(data: bytes) -> tuple[HeaderSchema[Any], dict[str, HeaderValue], dict[
     if problem:
         raise BitstreamError(f"{problem}; the bitstream is corrupt")
     named = dict(sections)
-    keyframed = _keyframe_conditioned(values)
-    adapter = _adapter_section(schema, values)
-    expected = ["keyframes" if keyframed else "inr", *([adapter] if adapter else [])]
+    inr_names, adapter_names, keyframed = _section_layout(schema, values)
+    expected = (["keyframes"] if keyframed else inr_names) + adapter_names
     if sorted(named) != sorted(expected):
+        shown = expected if len(expected) <= 6 else [*expected[:3], "...", *expected[-2:]]
         raise BitstreamError(
-            f"sections {sorted(named)} disagree with the header, which signals {'JPEG' if keyframed else 'INR'} "
-            f"conditioning and {adapter or 'no'} adapters, so implies {expected}; the bitstream is corrupt"
+            f"sections {sorted(named)[:6]}{'...' if len(named) > 6 else ''} disagree with the header, which "
+            f"signals {'JPEG' if keyframed else 'INR'} conditioning and {adapter_names[0] if adapter_names else 'no'} "
+            f"adapters, so implies {shown}; the bitstream is corrupt"
         )
     return schema, values, named
 
@@ -543,9 +658,27 @@ def _keyframe_conditioned(values: Mapping[str, HeaderValue]) -> bool:
     return values.get("conditioning", Conditioning.INR) == Conditioning.JPEG
 
 
-def _adapter_section(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> str | None:
-    """The adapter section a stream carries: DiV-INR streams have one, named after their family,
-    exactly when they adapt layers (NOLA with b > 0); pixel-INR streams never do."""
+def _section_layout(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> tuple[list[str], list[str], bool]:
+    """The names of a stream's INR sections, of its adapter sections, and whether it has keyframes.
+
+    DiV-INR streams have adapter sections, named after their family, exactly when they adapt
+    layers (NOLA with b > 0); pixel-INR streams never do. Per-GoP INRs and adapters have one
+    section per GoP (:func:`gop_section`), in GoP order.
+    """
+    keyframed = _keyframe_conditioned(values)
+    gops = gop_count(value_of(values, "frames", int), value_of(values, "gop_size", int)) if "gop_size" in values else 1
+
+    def names(kind: str, scope: str) -> list[str]:
+        per_gop = values.get(scope, Granularity.SEQUENCE) == Granularity.GOP
+        return [gop_section(kind, g) for g in range(gops)] if per_gop else [kind]
+
+    inr = [] if keyframed else names("inr", "granularity")
+    adapter = _adapter_family(schema, values)
+    return inr, names(adapter, "nola_scope") if adapter else [], keyframed
+
+
+def _adapter_family(schema: HeaderSchema[Any], values: Mapping[str, HeaderValue]) -> str | None:
+    """The adapter family whose sections a stream carries, or None (see :func:`_section_layout`)."""
     if schema.kind != CodecKind.DIVINR or value_of(values, "nola_layers", int) == 0:
         return None
     codes = {code: name for name, code in ADAPTER_CODES.items()}
@@ -571,23 +704,26 @@ def read_header(data: bytes) -> dict[str, HeaderValue]:
 def unpack(data: bytes) -> Bitstream:
     """Parse and validate the container and header; tensors are decoded by :func:`decode_tensors`."""
     schema, values, named = _read(data)
-    adapter = _adapter_section(schema, values)
+    inr_names, adapter_names, _ = _section_layout(schema, values)
     return Bitstream(
-        schema.from_fields(values), named.get("inr", b""), named[adapter] if adapter else b"", named.get("keyframes", b"")
+        schema.from_fields(values), tuple(named[n] for n in inr_names), tuple(named[n] for n in adapter_names),
+        named.get("keyframes", b""),
     )
 
 
 def bits_breakdown(data: bytes) -> dict[str, int]:
     """Bits by part: ``header`` (magic, version, fields, section count, CRC), ``inr`` or
-    ``keyframes`` (the conditioning), and ``adapter`` (the adapter section, whatever its family);
-    0 where a stream has none, each section's name and length prefix included; the parts sum to
-    ``total`` = 8 x file size."""
+    ``keyframes`` (the conditioning), and ``adapter`` (the adapter sections, whatever their
+    family); 0 where a stream has none, each section's name and length prefix included, per-GoP
+    sections summed; the parts sum to ``total`` = 8 x file size."""
     version, values, sections = read_container(data, SCHEMAS)
-    parts = dict(bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections))
-    result = {
-        "header": parts.pop("header"), "inr": parts.pop("inr", 0), "keyframes": parts.pop("keyframes", 0),
-        "adapter": sum(parts.pop(name, 0) for name in ADAPTER_CODES),
-    }
+    result = {"header": 0, "inr": 0, "keyframes": 0, "adapter": 0}
+    for name, bits in bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections):
+        kind = name.split(".")[0]
+        kind = "adapter" if kind in ADAPTER_CODES else kind
+        if kind not in result:
+            raise BitstreamError(f"unknown section {name!r}; the bitstream is corrupt")
+        result[kind] += bits
     result["total"] = 8 * len(data)
     if sum(v for k, v in result.items() if k != "total") != result["total"]:
         raise BitstreamError("section sizes do not add up to the file size; the bitstream is corrupt")

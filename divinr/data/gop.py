@@ -9,7 +9,8 @@ the next 1 + 4k length, never to the full GoP, so no latent frame is spent on pa
     decoded GoP frames  --merge_gops--> (T, 3, H, W)   (padding dropped)
 
 Every latent frame of the sequence gets one temporal coordinate f in [0, 1], uniformly
-spaced over all latent frames of all GoPs; the INR is queried at these coordinates.
+spaced over all latent frames of all GoPs; the INR is queried at these coordinates. A per-GoP
+INR (granularity gop) spans its own GoP: f in [0, 1] over that GoP's latent frames.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ class GoPSpan:
 def total_latent_frames(num_frames: int, gop_size: int = 25) -> int:
     """Latent frames of a whole sequence cut by :func:`plan_gops`: what the INR's grids are sized for."""
     return sum(span.num_latent for span in plan_gops(num_frames, gop_size))
+
+
+def inr_latent_frames(num_frames: int, gop_size: int = 25, *, per_gop: bool = False) -> int:
+    """Latent frames one INR represents, which its grids are sized for: the whole sequence's, or
+    (``per_gop``) the first GoP's, the longest."""
+    if per_gop:
+        return plan_gops(num_frames, gop_size)[0].num_latent
+    return total_latent_frames(num_frames, gop_size)
 
 
 def plan_gops(num_frames: int, gop_size: int = 25) -> list[GoPSpan]:
@@ -183,3 +192,11 @@ def latent_coordinates(gops: Sequence[GoP | GoPSpan]) -> list[torch.Tensor]:
         torch.arange(g.latent_start, g.latent_start + g.num_latent, dtype=torch.float64).mul(scale).float()
         for g in gops
     ]
+
+
+def gop_coordinates(gops: Sequence[GoP | GoPSpan], *, per_gop: bool = False) -> list[torch.Tensor]:
+    """The INR's coordinates of every latent frame, per GoP: :func:`latent_coordinates` for one INR
+    per sequence, or (``per_gop``) each GoP's latent frames spread over [0, 1] on their own."""
+    if not per_gop:
+        return latent_coordinates(gops)
+    return [latent_coordinates([GoPSpan(0, 0, g.num_real, g.num_latent, 0, g.num_latent)])[0] for g in gops]

@@ -1,9 +1,11 @@
 """The DiV-INR decoder: bitstream + public backbone -> video (paper Eq. 1).
 
     header      --> INR architecture, adapter family and settings, geometry, sampler, conditioning
-    "inr"       --> dequantised INR --g(f)--> (y, M) per GoP
+    "inr"       --> dequantised INR --g(f)--> (y, M) per GoP (granularity gop: each GoP its own
+                    INR, at coordinates over the GoP alone)
     "keyframes" --> (instead of "inr") per GoP its JPEG --VAE--> (y, M) on its first latent frame
     adapter     --> NOLA coefficients / LoRA / VeRA tensors --merge into W0--> adapted DiT
+                    (adapter scope gop: before each GoP, W0 restored and that GoP's merged)
     per GoP: z_1 (seeded) --UniPC(DiT(cat(z, M, y)))--> z_0 --VAE--> frames (padding trimmed)
 
 The encoder reconstructs through this same code, so "what the encoder saw" and "what a decoder
@@ -37,10 +39,18 @@ from divinr.compression.bitstream import (
     unpack,
 )
 from divinr.compression.jpeg import check_jpeg, decode_jpeg, split_keyframes
-from divinr.data.gop import GoPSpan, latent_coordinates, plan_gops
+from divinr.data.gop import GoPSpan, gop_coordinates, plan_gops
 from divinr.errors import BitstreamError, DivinrError, PresetError
 from divinr.inference.sampler import SamplerConfig, initial_noise, sample
-from divinr.models.adapters import adapter_layers, adapter_parameters, load_adapter_state_dict, merge_adapters
+from divinr.models.adapters import (
+    adapter_layers,
+    adapter_parameters,
+    eject_adapters,
+    load_adapter_state_dict,
+    merge_adapters,
+    restore_layers,
+    snapshot_layers,
+)
 from divinr.models.backbone import Backbone, backbone_fingerprint
 from divinr.models.inr import LatentINR, count_parameters, dit_conditioning
 from divinr.models.keyframes import keyframe_conditioning, keyframe_latent
@@ -48,7 +58,8 @@ from divinr.models.keyframes import keyframe_conditioning, keyframe_latent
 
 DEFAULT_MEMORY_BUDGET = 8 * 2**30
 Conditioner = Callable[[GoPSpan, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""(y, M) in DiT layout for one GoP, from its span and its latent coordinates (see :func:`stream_conditioner`)."""
+"""(y, M) in DiT layout for one GoP, from its span and its latent coordinates (see :func:`stream_conditioner`);
+the one :func:`prepare_stream` returns also merges the GoP's adapters first where each GoP has its own."""
 _MEMORY_BUDGET: ContextVar[int] = ContextVar("decode_memory_budget", default=DEFAULT_MEMORY_BUDGET)
 
 
@@ -142,8 +153,8 @@ class Decoded:
     fps: float
 
 
-def build_inr_from_stream(stream: Bitstream) -> LatentINR:
-    """Rebuild the INR from the header and load its dequantised tensors.
+def build_inr_from_stream(stream: Bitstream, gop: int = 0) -> LatentINR:
+    """Rebuild the INR (of GoP ``gop``, where each has its own) from the header and load its dequantised tensors.
 
     The architecture is first built on the meta device, so an impossible or oversized one from
     a corrupt header is refused before any memory is allocated.
@@ -159,7 +170,7 @@ def build_inr_from_stream(stream: Bitstream) -> LatentINR:
         raise BitstreamError(f"the header describes an INR over {MAX_INR_PARAMETERS} parameters; the bitstream is corrupt")
     inr = LatentINR(header.inr, size)
     expected = {name: tuple(t.shape) for name, t in inr.state_dict().items()}
-    inr.load_state_dict(decode_tensors(stream.inr_section, expected, header.quant_bits))
+    inr.load_state_dict(decode_tensors(stream.inr_section_of(gop), expected, header.quant_bits))
     return inr.eval()
 
 
@@ -167,8 +178,9 @@ def stream_conditioner(stream: Bitstream, backbone: Backbone, device: torch.devi
     """How the stream conditions each GoP: its INR at the GoP's latent coordinates, or the GoP's
     JPEG keyframe through ``backbone``'s VAE (:mod:`divinr.models.keyframes`).
 
-    The INR is decoded here; the keyframe files are split and their headers checked here, but each
-    is decoded only when its GoP is, so a range decode touches only its GoPs' files.
+    The INR (every GoP's, where each has its own: they are small) is decoded here; the keyframe
+    files are split and their headers checked here, but each is decoded only when its GoP is, so
+    a range decode touches only its GoPs' files.
     """
     header = stream.header
     if header.conditioning == Conditioning.JPEG:
@@ -183,15 +195,13 @@ def stream_conditioner(stream: Bitstream, backbone: Backbone, device: torch.devi
             return keyframe_conditioning(latent.to(device), span.num_latent)
 
         return keyframes
-    inr = build_inr_from_stream(stream).to(device)
+    inrs = [build_inr_from_stream(stream, gop).to(device) for gop in range(len(stream.inr_sections))]
     ones_mask = header.mask_mode == MaskMode.ONES
-    return lambda span, f: dit_conditioning(inr, f.to(device), ones_mask=ones_mask)
+    return lambda span, f: dit_conditioning(inrs[span.index % len(inrs)], f.to(device), ones_mask=ones_mask)
 
 
-def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
-    """Inject the stream's adapter family as the header describes, load its tensors and merge them into W0
-    (VeRA's projections regenerate from the header's seed; NOLA's bases are freed after merging)."""
-    header = stream.header
+def _adapted_layers(backbone: Backbone, header: StreamHeader) -> dict[str, tuple[int, ...]]:
+    """Inject the stream's adapter family as the header describes; the shapes of its tensors."""
     if adapter_layers(backbone.transformer):
         raise ValueError("the backbone already carries adapters; decode with a freshly loaded backbone")
     names = backbone.adapt(header.adapter_config)
@@ -200,11 +210,43 @@ def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
             f"the stream adapts {header.nola_layers} layers but backbone {header.backbone!r} offers {len(names)}; "
             "decode with the backbone it was encoded for"
         )
-    if names:
-        expected = {k: tuple(v.shape) for k, v in adapter_parameters(backbone.transformer).items()}
-        tensors = decode_tensors(stream.adapter_section, expected, header.quant_bits)
-        load_adapter_state_dict(backbone.transformer, tensors)
+    return {k: tuple(v.shape) for k, v in adapter_parameters(backbone.transformer).items()}
+
+
+def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
+    """Inject the stream's adapter family as the header describes, load its tensors and merge them into W0
+    (VeRA's projections regenerate from the header's seed; NOLA's bases are freed after merging)."""
+    header = stream.header
+    expected = _adapted_layers(backbone, header)
+    if expected:
+        load_adapter_state_dict(backbone.transformer, decode_tensors(stream.adapter_section, expected, header.quant_bits))
         merge_adapters(backbone.transformer)
+
+
+def gop_adapters(backbone: Backbone, stream: Bitstream) -> Callable[[int], None]:
+    """For a stream whose GoPs have their own adapters: every GoP's tensors decoded (and checked)
+    now, and a switch that gives the DiT the weights of one GoP, W0 restored exactly and that GoP's
+    adapters merged (:func:`~divinr.models.adapters.restore_layers`), so any GoP decodes as it
+    would alone."""
+    header = stream.header
+    expected = _adapted_layers(backbone, header)
+    names = list(adapter_layers(backbone.transformer))
+    tensors = [decode_tensors(section, expected, header.quant_bits) for section in stream.adapter_sections]
+    eject_adapters(backbone.transformer)  # never merged: exact
+    snapshot = snapshot_layers(backbone.transformer, names)
+    current: list[int] = []
+
+    def switch(gop: int) -> None:
+        if current == [gop] or not names:
+            return
+        restore_layers(backbone.transformer, snapshot)
+        current.clear()
+        _adapted_layers(backbone, header)
+        load_adapter_state_dict(backbone.transformer, tensors[gop])
+        merge_adapters(backbone.transformer)
+        current.append(gop)
+
+    return switch
 
 
 def check_backbone(backbone: Backbone, stream: Bitstream, fingerprint: bytes | None = None) -> None:
@@ -272,7 +314,8 @@ def decode_gops(
     header = stream.header
     start, stop = frame_range(header, frames)
     spans = plan_gops(header.frames, header.gop_size)
-    chosen = [(s, f) for s, f in zip(spans, latent_coordinates(spans)) if s.start < stop and s.start + s.num_real > start]
+    coordinates = gop_coordinates(spans, per_gop=header.per_gop_inr)
+    chosen = [(s, f) for s, f in zip(spans, coordinates) if s.start < stop and s.start + s.num_real > start]
     with tqdm(total=len(chosen) * header.sampler.steps, desc="decode", unit="step", disable=not progress) as bar:
         for span, f in chosen:
             with torch.no_grad():  # per GoP, not across the yield: the caller's grad mode stays its own
@@ -324,7 +367,7 @@ def render_conditioning(backbone: Backbone, stream: Bitstream, *, device: torch.
     spans = plan_gops(header.frames, header.gop_size)
     frames = torch.empty((header.frames, 3, header.display_height, header.display_width), dtype=torch.float32)
     latents = []
-    for span, f in zip(spans, latent_coordinates(spans)):
+    for span, f in zip(spans, gop_coordinates(spans, per_gop=header.per_gop_inr)):
         y, _ = condition(span, f)
         latents.append(y[0].cpu())
         frames[span.start : span.start + span.num_real] = _real_frames(backbone, y[0], span, header)
@@ -341,8 +384,16 @@ def prepare_stream(
     condition = stream_conditioner(stream, backbone, device)
     check_backbone(backbone, stream, fingerprint)
     check_capacity(backbone, stream.header)
-    install_adapters(backbone, stream)
-    return condition
+    if not stream.header.per_gop_adapters:
+        install_adapters(backbone, stream)
+        return condition
+    switch = gop_adapters(backbone, stream)
+
+    def adapted(span: GoPSpan, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        switch(span.index)
+        return condition(span, f)
+
+    return adapted
 
 
 def decode_stream(

@@ -27,6 +27,7 @@ is dominated by ``lambda_b`` (one scalar per output feature): rank 1 is the clos
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -228,6 +229,28 @@ def merge_adapters(model: nn.Module) -> None:
     for layer in adapter_layers(model).values():
         layer.merge()
     release_nola_bases(model)
+
+
+def snapshot_layers(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """The unadapted modules ``names`` of ``model`` and copies of their weights, for :func:`restore_layers`."""
+    layers = {name: model.get_submodule(name) for name in names}
+    if any(name in adapter_layers(model) for name in names):
+        raise PresetError("snapshot the layers before adapting them")
+    return {name: (m, {k: v.detach().clone() for k, v in m.state_dict().items()}) for name, m in layers.items()}
+
+
+@torch.no_grad()
+def restore_layers(model: nn.Module, snapshot: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]) -> None:
+    """Put the snapshot's modules back with their snapshot weights, dropping whatever adapter wraps
+    them: exact whatever the dtype and whether merged (unlike :func:`eject_adapters`, which
+    unmerges), so a decoder can merge one GoP's adapters after another's and get the same weights
+    as if it had merged only that GoP's."""
+    for name, (module, state) in snapshot.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, module)
+        module.load_state_dict(state)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 def eject_adapters(model: nn.Module) -> None:

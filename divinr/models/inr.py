@@ -515,6 +515,14 @@ def dit_conditioning(inr: LatentINR, f: Tensor, *, ones_mask: bool = False) -> t
     return y, torch.ones_like(m) if ones_mask else m
 
 
+class GoPINRs(nn.ModuleList):
+    """One INR per GoP, trained together (granularity gop with adapters shared by the sequence):
+    each GoP is conditioned by its own, and pruning considers all their decoder weights at once."""
+
+    def decoder_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(f"{index}.{name}", p) for index, inr in enumerate(self) for name, p in inr.decoder_parameters()]
+
+
 def parameter_owners(module: nn.Module) -> list[tuple[nn.Module, str]]:
     """Every parameter of ``module`` as (owning module, name): the form Quant-Noise hooks into."""
     return [(owner, name) for owner in module.modules() for name, _ in owner.named_parameters(recurse=False)]

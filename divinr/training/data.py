@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from divinr.atomic import atomic_path
-from divinr.data.gop import GoP, latent_coordinates
+from divinr.data.gop import GoP, gop_coordinates
 from divinr.models.backbone import Backbone
 from divinr.training.resume import EpochShuffle
 
@@ -47,14 +47,22 @@ def encode_gops(
 
 class LatentGoPs(Dataset):
     """Items are one GoP each: ``{"latents": (16, T', h, w), "coords": (T',), "index": int}``, and
-    ``"keyframe"`` (16, h, w), the latent of the GoP's JPEG keyframe, when ``keyframes`` are given."""
+    ``"keyframe"`` (16, h, w), the latent of the GoP's JPEG keyframe, when ``keyframes`` are given.
+    ``per_gop``: coordinates over each GoP alone, for per-GoP INRs (:func:`~divinr.data.gop.gop_coordinates`)."""
 
-    def __init__(self, latents: list[torch.Tensor], gops: list[GoP], keyframes: list[torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        latents: list[torch.Tensor],
+        gops: list[GoP],
+        keyframes: list[torch.Tensor] | None = None,
+        *,
+        per_gop: bool = False,
+    ) -> None:
         if len(latents) != len(gops) or (keyframes is not None and len(keyframes) != len(gops)):
             raise ValueError("one latent tensor (and keyframe latent, if any) per GoP is required")
         self.latents = latents
         self.keyframes = keyframes
-        self.coords = latent_coordinates(gops)
+        self.coords = gop_coordinates(gops, per_gop=per_gop)
         for lat, f in zip(latents, self.coords):
             if lat.shape[1] != f.numel():
                 raise ValueError(f"latent frames {lat.shape[1]} do not match the GoP's {f.numel()} coordinates")

@@ -4,7 +4,9 @@
     INR + adapter tensors (the codec, :class:`divinr.codec.divinr.DiVINRCodec`, codes them)
 
 Under JPEG conditioning (the paper's keyframe ablation) there is no INR: each GoP's decoded JPEG
-keyframe conditions the DiT and only NOLA trains, with the flow loss alone.
+keyframe conditions the DiT and only NOLA trains, with the flow loss alone. With granularity gop
+each GoP has its own INR: trained together when the adapters are shared by the sequence, or one
+GoP per training (:mod:`divinr.training.gop_jobs`) when each GoP has its own adapters too.
 
 Everything here needs Lightning; the decoder needs none of it.
 """
@@ -30,7 +32,7 @@ from divinr.errors import PresetError
 from divinr.inference.sampler import SamplerConfig
 from divinr.models.adapters import AdapterConfig, LoRAConfig, VeRAConfig, check_adapter
 from divinr.models.backbone import Backbone
-from divinr.models.inr import build_inr
+from divinr.models.inr import GoPINRs, build_inr
 from divinr.models.keyframes import keyframe_latent
 from divinr.models.nola import NOLAConfig
 from divinr.training.data import LatentGoPs, encode_gops, gop_loader
@@ -56,6 +58,10 @@ class EncoderConfig:
     ``keyframe_quality`` (1..100; unused with the INR): the ``inr`` settings, ``mask_mode``, the
     loss's lambda and pruning (which only acts on the INR) then have nothing to act on, and the
     adapters train through the same phases.
+
+    ``granularity="gop"`` gives each GoP its own INR (the ``inr`` preset sized for one GoP) and,
+    unless ``nola_scope="sequence"``, its own adapters: each GoP then trains alone, as its own job
+    if asked (:mod:`divinr.training.gop_jobs`). ``nola_scope`` defaults to the granularity.
     """
 
     backbone: str = "tiny"
@@ -74,6 +80,8 @@ class EncoderConfig:
     mask_mode: str = "learned"
     conditioning: str = "inr"
     keyframe_quality: int = 30
+    granularity: str = "sequence"
+    nola_scope: str | None = None
     quant_bits: int = Phase.quant_bits  # the width Quant-Noise trains at is the width coded
     seed: int = 0
     device: str = "auto"
@@ -90,6 +98,7 @@ class EncoderConfig:
         if self.target_bpp is not None and not self.target_bpp > 0:
             raise PresetError(f"target_bpp must be a positive rate (or None to size the INR by preset), got {self.target_bpp}")
         self._check_conditioning()
+        self._check_granularity()
         if not 0 <= self.seed < 2**32:
             raise PresetError(f"seed must be in 0..2^32-1, got {self.seed}")
         if self.precision not in ("auto", "32-true", "32", "bf16-mixed", "bf16-true"):
@@ -143,6 +152,20 @@ class EncoderConfig:
                 "target_bpp sizes the INR, which conditioning='jpeg' does not have; set keyframe_quality instead"
             )
 
+    def _check_granularity(self) -> None:
+        for name in ("granularity", "nola_scope"):
+            value = getattr(self, name)
+            if value not in ("sequence", "gop") and not (name == "nola_scope" and value is None):
+                raise PresetError(f"{name} must be 'sequence' or 'gop', got {value!r}")
+        if self.nola_scope is None:
+            self.nola_scope = self.granularity
+        if self.granularity == "sequence" and self.nola_scope == "gop":
+            raise PresetError(
+                "nola_scope='gop' needs granularity='gop': one model per sequence has one adapter set"
+            )
+        if self.granularity == "gop" and self.conditioning != "inr":
+            raise PresetError("granularity='gop' gives each GoP its own INR; conditioning='jpeg' has none")
+
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)
 
@@ -171,6 +194,19 @@ class EpochHistory(L.Callback):
         self.epochs.append(row)
 
 
+def training_digest(
+    video: Video, config: EncoderConfig, header: StreamHeader, fingerprint: bytes, keyframes: Sequence[bytes] = ()
+) -> str:
+    """What names one training: its settings and its frames (a checkpoint of another is never resumed)."""
+    settings = {
+        "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
+        "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay, "gop_size": config.gop_size,
+    }
+    if keyframes:
+        settings["keyframes"] = hashlib.sha256(b"".join(keyframes)).hexdigest()
+    return settings_digest(settings, video.frames)
+
+
 def train_codec(
     video: Video,
     config: EncoderConfig,
@@ -195,14 +231,7 @@ def train_codec(
     bitstream. The caller holds the folder's lock (:func:`~divinr.training.resume.workdir_lock`).
     """
     if workdir is not None:
-        settings = {
-            "header": header, "backbone": fingerprint.hex(), "phases": config.phases, "nola": config.nola,
-            "loss": config.loss, "seed": config.seed, "weight_decay": config.weight_decay,
-            "gop_size": config.gop_size,
-        }
-        if keyframes:
-            settings["keyframes"] = hashlib.sha256(b"".join(keyframes)).hexdigest()
-        prepare_workdir(workdir, settings_digest(settings, video.frames))
+        prepare_workdir(workdir, training_digest(video, config, header, fingerprint, keyframes))
     checkpoint = resume_path(workdir)  # an unreadable one fails here, before the VAE runs
     gops = split_gops(video.frames, config.gop_size)
     latents = encode_gops(backbone, gops, cache_dir=workdir / "cache" if workdir else None, fingerprint=fingerprint)
@@ -210,7 +239,11 @@ def train_codec(
     keyframed = header.conditioning == Conditioning.JPEG
     if keyframed != bool(keyframes):
         raise ValueError("JPEG conditioning trains on the stream's keyframes and INR conditioning on none")
-    inr = None if keyframed else build_inr(header.inr, header.latent_size)
+    inr: GoPINRs | torch.nn.Module | None = None
+    if header.per_gop_inr and len(gops) > 1:
+        inr = GoPINRs(build_inr(header.inr, header.latent_size) for _ in gops)
+    elif not keyframed:
+        inr = build_inr(header.inr, header.latent_size)
     keyframe_latents = [
         keyframe_latent(
             backbone, decode_jpeg(data, header.display_width, header.display_height, index), header.width, header.height
@@ -226,5 +259,6 @@ def train_codec(
         precision=config.resolved_precision(), seed=config.seed, workdir=workdir, logger=logger,
         callbacks=[history, *callbacks], progress=progress,
     )
-    fit(trainer, module, gop_loader(LatentGoPs(latents, gops, keyframe_latents or None), seed=config.seed), checkpoint)
+    data = LatentGoPs(latents, gops, keyframe_latents or None, per_gop=header.per_gop_inr)
+    fit(trainer, module, gop_loader(data, seed=config.seed), checkpoint)
     return module, history.epochs

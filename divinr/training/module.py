@@ -1,4 +1,8 @@
-"""One LightningModule per sequence: frozen Wan backbone + adapters (NOLA, LoRA or VeRA) + latent INR.
+"""The LightningModule of DiV-INR: frozen Wan backbone + adapters (NOLA, LoRA or VeRA) + latent INR.
+
+One module trains a sequence (granularity sequence), or one GoP (granularity gop: each GoP's
+module trains alone, see :mod:`divinr.training.gop_jobs`), or every GoP's own INR with adapters
+shared by the sequence (granularity gop, adapter scope sequence: :class:`~divinr.models.inr.GoPINRs`).
 
 Data flow of a training step (one GoP of the sequence):
 
@@ -23,7 +27,7 @@ from torch import nn
 
 from divinr.models.adapters import adapter_layers, adapter_owners, adapter_parameters
 from divinr.models.backbone import Backbone
-from divinr.models.inr import LatentINR, dit_conditioning, parameter_owners
+from divinr.models.inr import GoPINRs, LatentINR, dit_conditioning, parameter_owners
 from divinr.models.keyframes import keyframe_conditioning
 from divinr.errors import PresetError
 from divinr.training.losses import LossConfig, cosine_lambda, dual_loss, noisy_latents, sample_logit_normal
@@ -32,7 +36,7 @@ from divinr.training.stages import Phase, StageCallback, total_epochs
 
 
 class DiVINRModule(L.LightningModule):
-    """Trains the INR and the adapter tensors of one sequence under the dual loss.
+    """Trains the INR (or one INR per GoP) and the adapter tensors under the dual loss.
 
     Args:
         backbone: the frozen Wan transformer + VAE, already adapted by the caller
@@ -40,8 +44,9 @@ class DiVINRModule(L.LightningModule):
             PEFT-size ablation, nothing is adapted and only the INR trains). The module never
             changes what it is given; the adapters belong to whoever injected them (the codec
             removes them before it reconstructs with the same backbone).
-        inr: the latent INR producing (y, M) for temporal coordinates; None under JPEG
-            conditioning, where each batch brings its GoP's keyframe latent.
+        inr: the latent INR producing (y, M) for temporal coordinates, or :class:`GoPINRs`
+            (each batch is conditioned by its GoP's); None under JPEG conditioning, where each
+            batch brings its GoP's keyframe latent.
         phases: the stage schedule (also handed to the :class:`StageCallback`).
         loss: lambda schedule and timestep density.
         mask_mode: ``"learned"`` (the paper) or ``"ones"`` (ablation: M fixed to 1).
@@ -51,7 +56,7 @@ class DiVINRModule(L.LightningModule):
     def __init__(
         self,
         backbone: Backbone,
-        inr: LatentINR | None,
+        inr: LatentINR | GoPINRs | None,
         phases: list[Phase],
         loss: LossConfig = LossConfig(),
         *,
@@ -91,11 +96,14 @@ class DiVINRModule(L.LightningModule):
         return {k: v for k, v in self.state_dict().items() if k.startswith("inr.") or k in adapters}
 
     # -- forward ------------------------------------------------------------------------------
-    def condition(self, f: torch.Tensor, keyframe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditioning (y, M) for one GoP's latent frames at coordinates ``f``, in DiT layout: the
-        INR's, or without an INR, that of the GoP's ``keyframe`` latent (16, h, w)."""
+    def condition(
+        self, f: torch.Tensor, keyframe: torch.Tensor | None = None, gop: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning (y, M) for GoP ``gop``'s latent frames at coordinates ``f``, in DiT layout: the
+        INR's (that GoP's, with one per GoP), or without an INR, that of the GoP's ``keyframe`` latent (16, h, w)."""
         if self.inr is not None:
-            return dit_conditioning(self.inr, f, ones_mask=self.mask_mode == "ones")
+            inr = self.inr[gop] if isinstance(self.inr, GoPINRs) else self.inr
+            return dit_conditioning(inr, f, ones_mask=self.mask_mode == "ones")
         if keyframe is None:
             raise ValueError("a module without an INR conditions on keyframes: pass the GoP's keyframe latent")
         return keyframe_conditioning(keyframe, f.numel())
@@ -114,13 +122,14 @@ class DiVINRModule(L.LightningModule):
         lam: float,
         encoder_hidden_states: torch.Tensor | None = None,
         keyframe: torch.Tensor | None = None,
+        gop: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, L_flow, L_cond) for one GoP: z0 (1, 16, T', h, w) normalised latents, f (T',).
 
         ``encoder_hidden_states`` is only for baselines that re-enable cross-attention;
-        ``keyframe`` is the GoP's keyframe latent when there is no INR.
+        ``keyframe`` is the GoP's keyframe latent when there is no INR; ``gop`` its index in the sequence.
         """
-        y, m = self.condition(f, keyframe)
+        y, m = self.condition(f, keyframe, gop)
         t = sample_logit_normal(z0.shape[0], self.loss_config.logit_mean, self.loss_config.logit_std, device=z0.device)
         eps = torch.randn_like(z0)
         velocity = self.backbone.predict(noisy_latents(z0, eps, t), y, m, t * 1000.0, encoder_hidden_states)
@@ -129,7 +138,9 @@ class DiVINRModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lam = self.lambda_at(self.current_epoch, batch_idx, int(self.trainer.num_training_batches))
         keyframe = batch["keyframe"][0] if "keyframe" in batch else None
-        loss, flow, cond = self.compute_loss(batch["latents"], batch["coords"][0], lam, keyframe=keyframe)
+        loss, flow, cond = self.compute_loss(
+            batch["latents"], batch["coords"][0], lam, keyframe=keyframe, gop=int(batch["index"][0])
+        )
         self.log_dict(
             {"train/loss": loss, "train/flow": flow, "train/cond": cond, "train/lambda": lam},
             on_step=False, on_epoch=True, prog_bar=True, batch_size=1,
