@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_RESULTS)
     parser.add_argument("--clips", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--frames", type=int, default=50)
-    parser.add_argument("--epochs", type=int_list, default=[40, 16, 8])
+    parser.add_argument("--epochs", type=int_list, default=[60, 24, 12])
     args = parser.parse_args(argv)
     register_configs()
     out = args.out.resolve()

@@ -100,6 +100,7 @@ def encode_defaults() -> dict[str, Any]:
     from divinr.inference.sampler import SamplerConfig
     from divinr.models.nola import NOLAConfig
     from divinr.training.encoder import EncoderConfig
+    from divinr.training.gop_jobs import GoPLauncher
     from divinr.training.stages import paper_phases
 
     phases = inspect.signature(paper_phases).parameters
@@ -120,6 +121,9 @@ def encode_defaults() -> dict[str, Any]:
         "adapter": EncoderConfig.adapter,
         "conditioning": EncoderConfig.conditioning,
         "keyframe_quality": EncoderConfig.keyframe_quality,
+        "granularity": EncoderConfig.granularity,
+        "nola_scope": EncoderConfig.nola_scope,
+        "gop_workers": GoPLauncher.workers,
         "device": EncoderConfig.device,
         "bit_depth": inspect.signature(read_video).parameters["bit_depth"].default,
     }
@@ -172,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--keyframe-quality", type=int, metavar="Q", help="JPEG quality 1..100 of --conditioning jpeg (default %(default)s)"
+    )
+    enc.add_argument(
+        "--granularity",
+        help="sequence (one INR + adapters for the whole video) or gop (each GoP its own INR and, unless "
+        "--nola-scope sequence, its own adapters: GoPs train independently; default %(default)s)",
+    )
+    enc.add_argument("--nola-scope", help="adapters per gop or per sequence (default: the granularity)")
+    enc.add_argument(
+        "--gop-workers", type=int,
+        help="with per-GoP adapters, train the GoPs in this many local processes (default %(default)s: in turn, here)",
     )
     enc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     enc.add_argument(
@@ -264,7 +278,7 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 def _check_encode_flags(args: argparse.Namespace) -> None:
     """Check the encode flags' values up front, so an error names the flag rather than the API argument behind it."""
-    from divinr.compression.bitstream import MAX_SAMPLER_STEPS, Conditioning
+    from divinr.compression.bitstream import MAX_SAMPLER_STEPS, Conditioning, Granularity
     from divinr.compression.jpeg import MAX_QUALITY, MIN_QUALITY
     from divinr.models.adapters import ADAPTERS, MAX_LORA_RANK, MAX_VERA_RANK
     from divinr.models.nola import MAX_NUM_BASES, MAX_RANK
@@ -274,6 +288,7 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
     max_rank = {"nola": MAX_RANK, "lora": MAX_LORA_RANK, "vera": MAX_VERA_RANK}[args.adapter]
     fps_ok = args.fps is None or (math.isfinite(args.fps) and args.fps > 0)
     kinds = [kind.name.lower() for kind in Conditioning]
+    granularities = [g.name.lower() for g in Granularity]
     checks = (
         ("--frames", args.frames, args.frames is None or args.frames >= 1, "a number of frames >= 1"),
         ("--start", args.start, args.start >= 0, "a frame index >= 0"),
@@ -288,6 +303,9 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
             "--keyframe-quality", args.keyframe_quality, MIN_QUALITY <= args.keyframe_quality <= MAX_QUALITY,
             f"a JPEG quality in {MIN_QUALITY}..{MAX_QUALITY}",
         ),
+        ("--granularity", args.granularity, args.granularity in granularities, " or ".join(granularities)),
+        ("--nola-scope", args.nola_scope, args.nola_scope in (None, *granularities), " or ".join(granularities)),
+        ("--gop-workers", args.gop_workers, args.gop_workers >= 1, "a number of processes >= 1"),
         ("--bit-depth", args.bit_depth, args.bit_depth in (8, 10), "8 or 10"),
         ("--fps", args.fps, fps_ok, "a positive frame rate"),
     )
@@ -326,6 +344,7 @@ def _encode(args: argparse.Namespace) -> int:
     from divinr.models.adapters import LoRAConfig, VeRAConfig
     from divinr.models.nola import NOLAConfig
     from divinr.training.encoder import EncoderConfig
+    from divinr.training.gop_jobs import GoPLauncher
     from divinr.training.stages import paper_phases
 
     width, height = args.resolution
@@ -359,13 +378,16 @@ def _encode(args: argparse.Namespace) -> int:
         gop_size=args.gop,
         conditioning=args.conditioning,
         keyframe_quality=args.keyframe_quality,
+        granularity=args.granularity,
+        nola_scope=args.nola_scope,
         seed=args.seed,
         device=args.device,
         gradient_checkpointing=(
             args.backbone not in ("tiny", "mini") if args.gradient_checkpointing is None else args.gradient_checkpointing
         ),
     )
-    result = DiVINRCodec(config).encode(
+    launcher = GoPLauncher("local", args.gop_workers) if args.gop_workers > 1 else None
+    result = DiVINRCodec(config, launcher=launcher).encode(
         video, workdir=args.workdir, bitstream_path=args.output, reconstruct=bool(args.recon)
     )
     if result.reconstruction is not None:
@@ -414,7 +436,7 @@ def stream_info(data: bytes) -> dict[str, Any]:
     JPEG-conditioned one no INR or mask entries (its header's are not read); a pixel-INR stream
     has no backbone, GoP, mask, adapter or sampler entries.
     """
-    from divinr.compression.bitstream import CodecKind, Conditioning, bits_breakdown, read_header_schema
+    from divinr.compression.bitstream import CodecKind, Conditioning, Granularity, bits_breakdown, read_header_schema
     from divinr.rate import bits_per_pixel
 
     schema, v = read_header_schema(data)
@@ -449,6 +471,9 @@ def stream_info(data: bytes) -> dict[str, Any]:
             mask_mode=view["mask_mode"].name.lower(),
             adapter=adapter,
             sampler=view["sampler"],
+            # streams before v4: one INR and one adapter set for the sequence
+            granularity=view.get("granularity", Granularity.SEQUENCE).name.lower(),
+            nola_scope=view.get("nola_scope", Granularity.SEQUENCE).name.lower(),
         )
         info[adapter] = {"layers": v["nola_layers"], **settings}
         if conditioning == Conditioning.JPEG:
@@ -464,6 +489,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     bits = info["bits"]
     print(f"{args.input}: divinr bitstream v{info['format_version']} ({info['kind']})")
     gop = f", GoP {info['gop_size']}" if "gop_size" in info else ""
+    if info.get("granularity") == "gop":
+        gop += f" (an INR{' and adapters' if info['nola_scope'] == 'gop' else ''} per GoP)"
     shown, coded = (info["display_width"], info["display_height"]), (info["width"], info["height"])
     padded = f" (coded {coded[0]}x{coded[1]})" if shown != coded else ""
     print(f"  video     {info['frames']} frames {shown[0]}x{shown[1]}{padded} @ {info['fps']:g} fps{gop}")

@@ -137,6 +137,11 @@ def encoder_config(cfg: DictConfig) -> EncoderConfig:
     )
 
 
+def launcher_of(cfg: DictConfig) -> GoPLauncher:
+    """Where the GoPs of a per-GoP-adapter point train (``gop_jobs``)."""
+    return GoPLauncher(**OmegaConf.to_container(cfg.gop_jobs, resolve=True))
+
+
 def point_dir(cfg: DictConfig) -> Path:
     """``results_root/exp_name/<dataset|clip>/<sequence>/rate_point``, absolute (from the launch folder)."""
     return sequence_dir(cfg) / cfg.rate_point
@@ -207,8 +212,7 @@ def encode_point(cfg: DictConfig, run_dir: Path, dataset: str, sequence: str) ->
     logger = make_logger(cfg, run_dir, f"{cfg.exp_name}/{dataset}/{sequence}/{cfg.rate_point}")
     stream = run_dir / STREAM_NAME
     # The stream is written as soon as it exists, so a failure afterwards never loses the training.
-    launcher = GoPLauncher(**OmegaConf.to_container(cfg.gop_jobs, resolve=True))
-    encoded = DiVINRCodec(config, progress=cfg.progress, launcher=launcher).encode(
+    encoded = DiVINRCodec(config, progress=cfg.progress, launcher=launcher_of(cfg)).encode(
         video, workdir=run_dir / WORK_NAME, logger=logger, bitstream_path=stream, reconstruct=cfg.verify_decode
     )
     # The honest decoder: only the file and the public backbone, loaded afresh.

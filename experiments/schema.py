@@ -198,11 +198,13 @@ class GoPJobsConf:
     (:class:`~divinr.training.gop_jobs.GoPLauncher`): ``inline`` (this job, in turn), ``local``
     (``workers`` processes here) or ``slurm`` (an array, ``workers`` at once, 0 = no limit;
     ``slurm`` holds submitit's parameters, e.g. ``slurm_partition``, ``gpus_per_node``,
-    ``timeout_min``). Not a setting of the stream: changing it never invalidates a point."""
+    ``timeout_min``; ``threads``: torch threads of a local job, null = cores / workers). Not a
+    setting of the stream: changing it never invalidates a point."""
 
     kind: str = "inline"
     workers: int = 1
     timeout_min: int = 24 * 60
+    threads: int | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
 
 

@@ -22,9 +22,9 @@ from divinr.cli import stream_info
 from divinr.compression import bitstream
 from divinr.compression.bitstream import (
     ADAPTER_CODES,
-    DIVINR_V3,
+    DIVINR_V4,
     FORMAT_VERSION,
-    SCHEMA_V3,
+    SCHEMA_V4,
     SCHEMAS,
     bits_breakdown,
     decode_tensors,
@@ -179,10 +179,10 @@ def test_ejecting_restores_the_backbone_as_loaded() -> None:
 
 
 # -- the header and the adapter section ----------------------------------------------------------
-def test_the_v3_header_names_the_family_and_carries_its_settings() -> None:
+def test_the_header_names_the_family_and_carries_its_settings() -> None:
     data, _ = untrained_stream("vera")
     schema, values = read_header_schema(data)
-    assert schema is DIVINR_V3 and schema.version == FORMAT_VERSION == 3
+    assert schema is DIVINR_V4 and schema.version == FORMAT_VERSION == 4
     assert (values["adapter"], values["vera_rank"], values["vera_seed"]) == (ADAPTER_CODES["vera"], 4, 5)
     header = unpack(data).header
     assert header.adapter == "vera" and header.adapter_config == VeRAConfig(rank=4, seed=5)
@@ -194,7 +194,7 @@ def test_the_v3_header_names_the_family_and_carries_its_settings() -> None:
     _, values, sections = read_container(data, SCHEMAS)
     assert [name for name, _ in sections] == ["inr", "vera"]
     for family in ("lora", "nola"):
-        relabelled = write_container(SCHEMA_V3, {**values, "adapter": ADAPTER_CODES[family]}, sections, version=FORMAT_VERSION)
+        relabelled = write_container(SCHEMA_V4, {**values, "adapter": ADAPTER_CODES[family]}, sections, version=FORMAT_VERSION)
         with pytest.raises(BitstreamError, match=rf"sections \['inr', 'vera'\] disagree with the header, .* so implies \['inr', '{family}'\]"):
             unpack(relabelled)
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from divinr.cli import main, stream_info
-from divinr.compression.bitstream import FORMAT_VERSION, SCHEMA_V3, SCHEMAS, decode_tensors, unpack
+from divinr.compression.bitstream import FORMAT_VERSION, SCHEMA_V4, SCHEMAS, decode_tensors, unpack
 from divinr.compression.container import read_container, write_container
 from divinr.data.samples import sample_clip_path
 from divinr.errors import BitstreamError
@@ -106,7 +106,7 @@ def rewrite(data: bytes, *, version: int = FORMAT_VERSION, **fields: object) -> 
     """Re-emit a stream with changed header fields (valid CRC), as a different encoder would."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V3, values, sections, version=version)
+    return write_container(SCHEMA_V4, values, sections, version=version)
 
 
 def hostile_files(data: bytes) -> dict[str, bytes]:

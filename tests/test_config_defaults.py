@@ -24,6 +24,7 @@ from divinr.anchors import CODECS
 from divinr.cli import CLI_BACKBONE, build_parser
 from divinr.codec import decompress, load_clip
 from divinr.training.encoder import EncoderConfig
+from divinr.training.gop_jobs import GoPLauncher
 from divinr.data.datasets import sequence_source
 from divinr.data.video import read_video
 from divinr.inference.decoder import DEFAULT_MEMORY_BUDGET
@@ -196,6 +197,9 @@ def test_cli_defaults_are_the_library_defaults() -> None:
         "adapter": encoder.adapter,
         "conditioning": encoder.conditioning,
         "keyframe_quality": encoder.keyframe_quality,
+        "granularity": encoder.granularity,
+        "nola_scope": encoder.nola_scope,
+        "gop_workers": GoPLauncher().workers,
         "device": encoder.device,
         "bit_depth": video["bit_depth"],
     }

@@ -20,6 +20,7 @@ from divinr.compression.bitstream import (
     DIVINR_V1,
     DIVINR_V2,
     DIVINR_V3,
+    DIVINR_V4,
     HEADER_SCHEMAS,
     PIXEL_INR_V1,
     PIXEL_INR_V2,
@@ -98,9 +99,10 @@ def test_a_v1_stream_reads_and_decodes_as_the_release_that_wrote_it(name: str) -
 
 def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     """A v1 stream reads to a header displayed at its coded size, with NOLA and INR conditioning,
-    which v1 writes back to the same bytes; DiV-INR headers are now written in v3: the display size
+    which v1 writes back to the same bytes; DiV-INR headers are now written in v4: the display size
     after the coded size (v2), then the adapter family, the LoRA and VeRA settings (their defaults
-    for NOLA) and the conditioning (the INR, as in every v1 stream)."""
+    for NOLA) and the conditioning (the INR, as in every v1 stream) (v3), then the granularity and
+    the adapter scope (the sequence, as in every stream before v4)."""
     data, _ = fixture("divinr_v1")
     version, values, sections = read_container(data, SCHEMAS)
     header = unpack(data).header
@@ -108,10 +110,11 @@ def test_the_divinr_v1_header_re_serialises_byte_identically() -> None:
     assert (header.display_width, header.display_height) == (header.width, header.height)
     assert write_container(DIVINR_V1.elements, DIVINR_V1.to_fields(header), sections, version=version) == data
     assert DIVINR_V1.to_fields(header) == values
-    assert writer_schema(StreamHeader) is DIVINR_V3 and header.adapter == "nola"
+    assert writer_schema(StreamHeader) is DIVINR_V4 and header.adapter == "nola"
     assert header.to_fields() == {
         **values, "display_width": header.width, "display_height": header.height,
         "adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0, "conditioning": 0,
+        "granularity": 0, "nola_scope": 0,
     }
 
 
@@ -155,15 +158,17 @@ DISPLAY = Counter({"display_width": 1, "display_height": 1})
 ADAPTER = Counter({"adapter": 1, "lora.rank": 1, "lora.alpha": 1, "vera.rank": 1, "vera.seed": 1})
 # The conditioning (format v3): v1 and v2 streams have none and condition on their INR.
 CONDITIONING = Counter({"conditioning": 1})
+# The granularity and adapter scope (format v4): v1 to v3 streams code one INR and one adapter set.
+GRANULARITY = Counter({"granularity": 1, "nola_scope": 1})
 
 
 @pytest.mark.parametrize(
     ("schema", "unsent"),
     [
-        (DIVINR_V1, DISPLAY + ADAPTER + CONDITIONING), (DIVINR_V2, ADAPTER + CONDITIONING), (DIVINR_V3, Counter()),
-        (PIXEL_INR_V2, LATENT_HEAD_ONLY),
+        (DIVINR_V1, DISPLAY + ADAPTER + CONDITIONING + GRANULARITY), (DIVINR_V2, ADAPTER + CONDITIONING + GRANULARITY),
+        (DIVINR_V3, GRANULARITY), (DIVINR_V4, Counter()), (PIXEL_INR_V2, LATENT_HEAD_ONLY),
     ],
-    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "divinr_v4", "pixel_inr_v2"],
 )
 def test_every_typed_header_attribute_is_exactly_one_element(schema: HeaderSchema[Any], unsent: Counter) -> None:
     """The element table is the one place a field is declared: adding an attribute to a typed
@@ -190,7 +195,7 @@ def test_the_pixel_headers_are_the_divinr_elements_the_pixel_header_has_a_place_
     v2 = [e.name for e in PIXEL_INR_V2.elements]
     assert v2 == [e.name for e in PIXEL_INR_V1.elements if e.path is not None]
     assert not [n for n in v2 if n.startswith(("backbone", "nola", "sampler", "gop", "mask", "dit"))]
-    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)}
+    assert {s.key for s in HEADER_SCHEMAS.values()} == set(SCHEMAS) == {(1, 0), (2, 0), (3, 0), (4, 0), (1, 1), (2, 1)}
 
 
 def divinr_header() -> StreamHeader:
@@ -215,13 +220,15 @@ def candidates(kind: FieldKind, value: Any, codes: Any) -> list[Any]:
 
 
 # A coded side changes with its display side: alone it would leave a window of the wrong size.
-TIED = {"width": "display_width", "height": "display_height"}
+# Per-GoP adapters need per-GoP INRs.
+TIED = {"width": "display_width", "height": "display_height", "nola_scope": "granularity"}
 
 
 @pytest.mark.parametrize(
     "schema, header",
-    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (DIVINR_V3, divinr_header()), (PIXEL_INR_V2, PIXEL)],
-    ids=["divinr_v1", "divinr_v2", "divinr_v3", "pixel_inr_v2"],
+    [(DIVINR_V1, divinr_header()), (DIVINR_V2, divinr_header()), (DIVINR_V3, divinr_header()),
+     (DIVINR_V4, divinr_header()), (PIXEL_INR_V2, PIXEL)],
+    ids=["divinr_v1", "divinr_v2", "divinr_v3", "divinr_v4", "pixel_inr_v2"],
 )
 def test_every_element_round_trips_to_its_own_place(schema: HeaderSchema[Any], header: Any) -> None:
     """Each field, changed alone, changes the typed header and comes back unchanged (the frame

@@ -30,7 +30,7 @@ from divinr.compression.bitstream import (
     MAX_FRAMES,
     MAX_GOP,
     FORMAT_VERSION,
-    SCHEMA_V3,
+    SCHEMA_V4,
     SCHEMAS,
     CodecKind,
     MaskMode,
@@ -151,6 +151,9 @@ HOSTILE = [
     ("lora_alpha", 3e38),
     ("vera_rank", 0),
     ("vera_rank", 65535),
+    ("granularity", 2),
+    ("nola_scope", 2),
+    ("nola_scope", 1),  # per-GoP adapters in a stream of one INR for the sequence
 ]
 NON_FINITE = [
     (name, value)
@@ -178,7 +181,7 @@ def rewrite(data: bytes, **fields: object) -> bytes:
     """Re-emit ``data`` with changed header fields and a valid CRC, bypassing the encoder's checks."""
     _, values, sections = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V3, values, sections, version=FORMAT_VERSION)
+    return write_container(SCHEMA_V4, values, sections, version=FORMAT_VERSION)
 
 
 def geometry(width: int, height: int) -> dict[str, int]:
@@ -233,7 +236,7 @@ def assert_refused(data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture, p
 
 def test_every_header_field_is_covered() -> None:
     covered = {name for name, _ in HOSTILE + NON_FINITE} | ANY_VALUE_FIELDS
-    assert covered == {f.name for f in SCHEMA_V3}
+    assert covered == {f.name for f in SCHEMA_V4}
 
 
 def expected_message(name: str, value: object) -> str:

@@ -25,8 +25,10 @@ from divinr.codec.divinr import keyframe_files, plan_header
 from divinr.compression.bitstream import (
     DIVINR_V2,
     DIVINR_V3,
+    DIVINR_V4,
     SCHEMA_V2,
     SCHEMA_V3,
+    SCHEMA_V4,
     SCHEMAS,
     Conditioning,
     MaskMode,
@@ -98,10 +100,10 @@ def pillow_jpeg(frame: torch.Tensor, quality: int) -> bytes:
 
 
 def rewrite(data: bytes, sections: list[tuple[str, bytes]] | None = None, **fields: object) -> bytes:
-    """Re-emit a v3 stream with changed header fields or sections (valid CRC), as another encoder would."""
+    """Re-emit a v4 stream with changed header fields or sections (valid CRC), as another encoder would."""
     _, values, stored = read_container(data, SCHEMAS)
     values.update(fields)
-    return write_container(SCHEMA_V3, values, stored if sections is None else sections, version=3)
+    return write_container(SCHEMA_V4, values, stored if sections is None else sections, version=4)
 
 
 # -- what the stream carries ---------------------------------------------------------------------
@@ -158,7 +160,7 @@ def test_bits_breakdown_sums_to_the_file_size_and_reports_the_keyframe_bits(enco
     files = split_keyframes(stream.keyframes_section, 3)
     assert 8 * sum(len(f) for f in files) > 0.95 * bits["keyframes"]  # length prefixes: a few bytes
     info = stream_info(encoded.data)
-    assert (info["format_version"], info["conditioning"], info["bits"]) == (3, "jpeg", bits)
+    assert (info["format_version"], info["conditioning"], info["bits"]) == (4, "jpeg", bits)
     assert "inr" not in info and "mask_mode" not in info
     (tmp_path / "s.dvr").write_bytes(encoded.data)
     assert main(["info", str(tmp_path / "s.dvr")]) == 0
@@ -204,12 +206,12 @@ def test_a_range_of_a_keyframe_stream_is_the_same_frames_and_reads_only_its_gops
     assert torch.equal(torch.cat(chunks), part)
 
 
-# -- format v3 -----------------------------------------------------------------------------------
-def test_a_v3_keyframe_header_round_trips(encoded) -> None:
+# -- the header --------------------------------------------------------------------------------
+def test_a_keyframe_header_round_trips(encoded) -> None:
     schema, values = read_header_schema(encoded.data)
-    assert schema is DIVINR_V3 and values["conditioning"] == Conditioning.JPEG == 1
+    assert schema is DIVINR_V4 and values["conditioning"] == Conditioning.JPEG == 1
     header = unpack(encoded.data).header
-    assert DIVINR_V3.to_fields(header) == values and DIVINR_V3.from_fields(values) == header
+    assert DIVINR_V4.to_fields(header) == values and DIVINR_V4.from_fields(values) == header
     stream = unpack(encoded.data)
     files = split_keyframes(stream.keyframes_section, 3)
     shapes = {f"c{i}": (header.nola.num_bases,) for i in range(2 * header.nola_layers)}
@@ -219,27 +221,32 @@ def test_a_v3_keyframe_header_round_trips(encoded) -> None:
 
 
 def v1_in(version: int) -> bytes:
-    """The committed v1 INR stream's header and sections, written as format ``version`` (2 or 3)."""
+    """The committed v1 INR stream's header and sections, written as format ``version`` (2, 3 or 4)."""
     _, values, sections = read_container((DATA / "divinr_v1.dvr").read_bytes(), SCHEMAS)
     fields = dict(values, display_width=values["width"], display_height=values["height"])
     if version == 2:
         return write_container(SCHEMA_V2, fields, sections, version=2)
     # v3's additions at what v1 and v2 streams imply: NOLA (the other families' defaults), the INR
     v3 = {"adapter": 0, "lora_rank": 1, "lora_alpha": 1.0, "vera_rank": 1, "vera_seed": 0, "conditioning": int(Conditioning.INR)}
-    return write_container(SCHEMA_V3, dict(fields, **v3), sections, version=3)
+    if version == 3:
+        return write_container(SCHEMA_V3, dict(fields, **v3), sections, version=3)
+    # v4's additions at what every earlier stream implies: one INR and one adapter set for the sequence
+    return write_container(SCHEMA_V4, dict(fields, **v3, granularity=0, nola_scope=0), sections, version=4)
 
 
-def test_an_inr_stream_written_as_v3_decodes_exactly_as_its_v1_and_v2_forms() -> None:
-    """The committed v1 stream's header and sections, written as v2 and as v3, give the same
-    typed header and the same frames: v3 changes nothing for NOLA and INR conditioning."""
-    v1, v2, v3 = (DATA / "divinr_v1.dvr").read_bytes(), v1_in(2), v1_in(3)
+def test_an_inr_stream_written_as_v3_or_v4_decodes_exactly_as_its_v1_and_v2_forms() -> None:
+    """The committed v1 stream's header and sections, written as v2, v3 and v4, give the same
+    typed header and the same frames: v3 and v4 change nothing for NOLA, INR conditioning and
+    one INR per sequence."""
+    v1, v2, v3, v4 = (DATA / "divinr_v1.dvr").read_bytes(), v1_in(2), v1_in(3), v1_in(4)
     header = unpack(v1).header
-    assert read_container(v3, SCHEMAS)[2] == read_container(v1, SCHEMAS)[2]
-    assert bits_breakdown(v3)["adapter"] == bits_breakdown(v1)["adapter"] > 0
-    assert [read_header_schema(d)[0] for d in (v2, v3)] == [DIVINR_V2, DIVINR_V3]
-    assert unpack(v2).header == unpack(v3).header == header and DIVINR_V3.to_fields(header) == read_header_schema(v3)[1]
-    frames = [decompress(d, device="cpu", progress=False).frames for d in (v1, v2, v3)]
-    assert torch.equal(frames[0], frames[1]) and torch.equal(frames[0], frames[2])
+    assert read_container(v3, SCHEMAS)[2] == read_container(v4, SCHEMAS)[2] == read_container(v1, SCHEMAS)[2]
+    assert bits_breakdown(v4)["adapter"] == bits_breakdown(v3)["adapter"] == bits_breakdown(v1)["adapter"] > 0
+    assert [read_header_schema(d)[0] for d in (v2, v3, v4)] == [DIVINR_V2, DIVINR_V3, DIVINR_V4]
+    assert unpack(v2).header == unpack(v3).header == unpack(v4).header == header
+    assert DIVINR_V3.to_fields(header) == read_header_schema(v3)[1] and DIVINR_V4.to_fields(header) == read_header_schema(v4)[1]
+    frames = [decompress(d, device="cpu", progress=False).frames for d in (v1, v2, v3, v4)]
+    assert all(torch.equal(frames[0], f) for f in frames[1:])
 
 
 def _jpeg(mode: str, size: tuple[int, int]) -> bytes:
@@ -306,7 +313,7 @@ def test_inconsistent_streams_are_refused_with_a_clear_bitstream_error(encoded, 
     make, message = INCONSISTENT[case]
     files = split_keyframes(unpack(encoded.data).keyframes_section, 3)
     with pytest.raises(BitstreamError, match=message):
-        decompress(make(encoded.data, files, v1_in(3)), device="cpu", progress=False)
+        decompress(make(encoded.data, files, v1_in(4)), device="cpu", progress=False)
 
 
 # -- resuming ------------------------------------------------------------------------------------

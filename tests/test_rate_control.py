@@ -65,7 +65,7 @@ def test_the_predicted_header_is_the_written_one() -> None:
     estimate = shipped_rate_model().predict(header, [])
     from divinr.compression.bitstream import bits_breakdown, pack
 
-    empty = pack(header, {"w": torch.zeros(1)}, {})
+    empty = pack(header, {"w": torch.zeros(1)}, {"a": torch.zeros(1)})
     assert estimate.header == bits_breakdown(empty)["header"]
 
 

@@ -147,7 +147,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         vera=config.vera if config.adapter == "vera" else VeRAConfig(),
         conditioning=Conditioning.JPEG if keyframed else Conditioning.INR,
         granularity=Granularity.GOP if per_gop else Granularity.SEQUENCE,
-        nola_scope=Granularity.GOP if config.nola_scope == "gop" else Granularity.SEQUENCE,
+        nola_scope=Granularity.GOP if config.adapter_scope == "gop" else Granularity.SEQUENCE,
     )
     schema = writer_schema(StreamHeader)
     try:
@@ -251,7 +251,7 @@ class DiVINRCodec(Codec):
         from divinr.training.resume import workdir_lock
 
         config = self._encoder_config()
-        if config.nola_scope == "gop":
+        if config.adapter_scope == "gop":
             raise PresetError("with per-GoP adapters every GoP trains alone: encode() runs and assembles them")
         header = plan_header(video, config)
         keyframes = tuple(keyframe_files(video, config)) if header.conditioning == Conditioning.JPEG else ()
@@ -303,8 +303,8 @@ class DiVINRCodec(Codec):
             config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)), backbone)
             del backbone
         padded = pad_video(video, header.width, header.height)
-        if workdir is None and launcher.kind != "inline":
-            raise PresetError(f"GoP jobs on the {launcher.kind} launcher write their parts to a work folder: pass workdir")
+        if workdir is None and launcher.kind == "slurm":
+            raise PresetError("Slurm GoP jobs write their parts to a work folder the nodes share: pass workdir")
         with tempfile.TemporaryDirectory(prefix="divinr-gops-") as scratch:
             folder = Path(workdir) if workdir is not None else Path(scratch)
             with workdir_lock(folder):
@@ -343,7 +343,7 @@ class DiVINRCodec(Codec):
         decodes with a freshly loaded backbone.
         """
         start = time.perf_counter()
-        if self._encoder_config().nola_scope == "gop":
+        if self._encoder_config().adapter_scope == "gop":
             data, header, history, size = self._encode_gops(video, Path(workdir) if workdir else None, callbacks)
             decode = self.decompress if reconstruct else None
         else:

@@ -122,6 +122,11 @@ class EncoderConfig:
         return next((p.prune_fraction for p in self.phases if p.prune_fraction > 0), 0.0)
 
     @property
+    def adapter_scope(self) -> str:
+        """``nola_scope``, or where it is None the granularity: what one adapter set covers."""
+        return self.nola_scope or self.granularity
+
+    @property
     def adapter_config(self) -> AdapterConfig:
         """The settings of the chosen adapter family."""
         return getattr(self, self.adapter)
@@ -157,8 +162,6 @@ class EncoderConfig:
             value = getattr(self, name)
             if value not in ("sequence", "gop") and not (name == "nola_scope" and value is None):
                 raise PresetError(f"{name} must be 'sequence' or 'gop', got {value!r}")
-        if self.nola_scope is None:
-            self.nola_scope = self.granularity
         if self.granularity == "sequence" and self.nola_scope == "gop":
             raise PresetError(
                 "nola_scope='gop' needs granularity='gop': one model per sequence has one adapter set"

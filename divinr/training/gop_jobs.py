@@ -44,7 +44,7 @@ class GoPLauncher:
     """Where the GoPs of a per-GoP encode train.
 
     ``inline``: in this process, one after another. ``local``: ``workers`` processes on this
-    machine (each GoP's training gets ``cpu_count / workers`` threads). ``slurm``: one array task
+    machine (each GoP's training gets ``threads`` threads, default ``cpu_count / workers``). ``slurm``: one array task
     per unfinished GoP, at most ``workers`` at once (0: no limit), with ``slurm`` the submitit
     parameters (``slurm_partition``, ``gpus_per_node``, ``timeout_min``, ...). ``timeout_min``
     bounds a local job.
@@ -53,6 +53,7 @@ class GoPLauncher:
     kind: str = "inline"
     workers: int = 1
     timeout_min: int = 24 * 60
+    threads: int | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,7 +200,7 @@ def _submit(todo: Sequence[GoPJob], launcher: GoPLauncher) -> None:
         executor: Any = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=launcher.timeout_min)
         workers = min(launcher.workers, len(todo))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = launcher.threads or max(1, (os.cpu_count() or 1) // workers)
         submitted = [executor.submit(train_gops, list(todo[k::workers]), threads) for k in range(workers)]
     else:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
