@@ -190,13 +190,13 @@ def markdown(report: dict[str, Any]) -> str:
         other = bits["total"] - bits.get("inr", 0) - adapter
         lines.append(
             f"| {p['clip']} | {titles.get(p['codec'], p['codec'])} | {p['rate_point']} | {p['bpp']:.4f} | "
-            f"{bits.get('inr', 0):,} / {adapter:,} / {other:,} | {_number(p['psnr'], 2)} | "
-            f"{_number(p['ms_ssim'], 4)} |"
+            f"{bits.get('inr', 0):,} / {adapter:,} / {other:,} | {number_cell(p['psnr'], 2)} | "
+            f"{number_cell(p['ms_ssim'], 4)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None, digits: int) -> str:
+def number_cell(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 

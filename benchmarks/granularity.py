@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ablations import Ablation, bd_rows, finished, point_row, run_curve, small_run
+from benchmarks.ablations import Ablation, bd_rows, finished, number_cell, point_row, run_curve, small_run
 from benchmarks.quality import int_list
 from divinr.atomic import atomic_write_text
 from divinr.errors import EXIT_USER_ERROR, DivinrError
@@ -80,7 +80,8 @@ def markdown(report: dict[str, Any]) -> str:
         bits = p["bits"]
         lines.append(
             f"| {p['clip']} | {titles[p['codec']]} | {p['rate_point']} | {p['bpp']:.4f} | {bits['inr']:,} / "
-            f"{bits['adapter']:,} / {bits['header']:,} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} | {p['encode_seconds']:.0f} |"
+            f"{bits['adapter']:,} / {bits['header']:,} | {number_cell(p['psnr'], 2)} | {number_cell(p['ms_ssim'], 4)} | "
+            f"{p['encode_seconds']:.0f} |"
         )
     lines += ["", "## Encode wall time, per-GoP training on the local launcher", ""]
     lines += [f"- {row['workers']} worker(s): {row['encode_seconds']:.1f} s ({row['clip']}, {row['rate_point']}; "
@@ -102,9 +103,10 @@ def timing(results: list[RunResult], out: Path) -> list[dict[str, Any]]:
             if match:
                 rows.append({"workers": workers, "clip": clip, "rate_point": point,
                              "encode_seconds": match[0].encode_seconds, "stream": _stream(out, match[0])})  # fmt: skip
+    single = next((row["stream"] for row in rows if row["workers"] == 1), None)
     for row in rows:
-        row["same_stream"] = row["stream"] == rows[0]["stream"]
-        del row["stream"]
+        row["same_stream"] = None if single is None else row.pop("stream") == single
+        row.pop("stream", None)
     return rows
 
 

@@ -312,6 +312,11 @@ def _check_encode_flags(args: argparse.Namespace) -> None:
     for flag, value, ok, expected in checks:
         if not ok:
             raise DivinrError(f"{flag} {value}: expected {expected}")
+    if args.gop_workers > 1 and (args.nola_scope or args.granularity) != "gop":
+        raise DivinrError(
+            f"--gop-workers {args.gop_workers}: only GoPs with their own adapters train apart; add --granularity gop "
+            "(and leave --nola-scope at gop)"
+        )
     if args.workdir is not None:
         blocker = _not_a_folder([Path(args.workdir), *Path(args.workdir).absolute().parents])
         if blocker is not None:

@@ -328,3 +328,28 @@ def test_slurm_gets_one_array_task_per_unfinished_gop(clip, per_gop, tmp_path: P
     first, second = FakeSlurm.made[-2:]
     assert (first.cluster, first.folder, first.tasks, second.tasks) == ("slurm", tmp_path / "jobs", [[0], [1]], [[1]])
     assert first.parameters == {**slurm, "slurm_array_parallelism": 8}
+
+
+# -- hostile per-GoP streams -----------------------------------------------------------------------
+def rewritten(data: bytes, sections: list[tuple[str, bytes]], **fields: object) -> bytes:
+    _, values, _ = read_container(data, SCHEMAS)
+    return write_container(SCHEMA_V4, {**values, **fields}, sections, version=4)
+
+
+def test_a_range_decode_reads_only_its_gops_sections(per_gop) -> None:
+    """A damaged section of GoP 0 fails the GoPs that need it, not a decode of GoP 1."""
+    sections = read_container(per_gop.data, SCHEMAS)[2]
+    damaged = rewritten(per_gop.data, [(n, b"\x07" if n in ("inr.0", "nola.0") else p) for n, p in sections])
+    part = decompress(damaged, frames=(5, 9), device="cpu", progress=False).frames
+    assert torch.equal(part, per_gop.reconstruction.frames[5:9])
+    with pytest.raises(BitstreamError, match="unknown section coding 7"):
+        decompress(damaged, device="cpu", progress=False)
+
+
+def test_a_stream_declaring_too_many_gop_inrs_is_refused_before_any_work(per_gop) -> None:
+    """Each INR is under the per-INR limit, but thousands of GoPs would not be: the limit counts all."""
+    sections = dict(read_container(per_gop.data, SCHEMAS)[2])
+    gops = 2_000
+    many = [(f"inr.{g}", sections["inr.0"]) for g in range(gops)] + [(f"nola.{g}", sections["nola.0"]) for g in range(gops)]
+    with pytest.raises(BitstreamError, match=r"2000 INR\(s\) of [\d,]+ parameters, over 64,000,000 in all"):
+        decompress(rewritten(per_gop.data, many, frames=gops * GOP), device="cpu", progress=False)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
@@ -192,7 +194,7 @@ class Trained(NamedTuple):
     """A trained encoder before coding: the INR (eval mode; None under JPEG conditioning), its module,
     the complete header and the JPEG keyframes it conditioned on (none under INR conditioning)."""
 
-    inr: LatentINR | None
+    inr: LatentINR | GoPINRs | None
     module: DiVINRModule
     header: StreamHeader
     history: list[dict[str, float]]
@@ -286,15 +288,20 @@ class DiVINRCodec(Codec):
         """Per-GoP adapters: each GoP trained alone (where the launcher says; finished GoPs of an
         earlier run are kept), then the stream assembled from their parts.
 
-        A target rate is met by sizing the INR here, on a backbone loaded on the CPU only to
-        count the adapter tensors (the jobs load their own)."""
-        import tempfile
-
+        The precision (hence the DiT dtype the header records) is resolved here, once, and the jobs
+        train in it; local jobs get this machine's device kind (each sees its GPU as ``cuda``),
+        Slurm jobs resolve ``auto`` on their node. A target rate is met by sizing the INR here, on
+        a backbone loaded on the CPU only to count the adapter tensors (the jobs load their own).
+        """
         from divinr.training.gop_jobs import GoPLauncher, assembled_header, gop_jobs, run_jobs
         from divinr.training.resume import workdir_lock
 
         config = self._encoder_config()
         launcher = self.launcher or GoPLauncher()
+        device = {"inline": str(config.resolved_device()), "local": config.resolved_device().type}.get(launcher.kind)
+        config = replace(config, precision=config.resolved_precision(), device=device or config.device)
+        if workdir is None and launcher.kind == "slurm":
+            raise PresetError("Slurm GoP jobs write their parts to a work folder the nodes share: pass workdir")
         header = plan_header(video, config)
         size = None
         if config.target_bpp is not None:
@@ -303,10 +310,8 @@ class DiVINRCodec(Codec):
             config, header, size = self._sized(config, replace(header, nola_layers=len(adapted)), backbone)
             del backbone
         padded = pad_video(video, header.width, header.height)
-        if workdir is None and launcher.kind == "slurm":
-            raise PresetError("Slurm GoP jobs write their parts to a work folder the nodes share: pass workdir")
-        with tempfile.TemporaryDirectory(prefix="divinr-gops-") as scratch:
-            folder = Path(workdir) if workdir is not None else Path(scratch)
+        with ExitStack() as stack:
+            folder = Path(workdir) if workdir else Path(stack.enter_context(TemporaryDirectory(prefix="divinr-gops-")))
             with workdir_lock(folder):
                 parts = run_jobs(gop_jobs(padded, config, header, folder, self.progress), launcher, callbacks)
         header = assembled_header(header, parts)

@@ -562,20 +562,10 @@ class Bitstream:
         """The adapter section of a stream with one adapter set (empty without adapters)."""
         return _only(self.adapter_sections, "adapter")
 
-    def inr_section_of(self, gop: int) -> bytes:
-        """The INR section GoP ``gop`` is conditioned by (the sequence's, or its own)."""
-        return self.inr_sections[gop if len(self.inr_sections) > 1 else 0]
-
-    def adapter_section_of(self, gop: int) -> bytes:
-        """The adapter section GoP ``gop`` is decoded with (empty without adapters)."""
-        if not self.adapter_sections:
-            return b""
-        return self.adapter_sections[gop if len(self.adapter_sections) > 1 else 0]
-
 
 def _only(sections: tuple[bytes, ...], what: str) -> bytes:
     if len(sections) > 1:
-        raise ValueError(f"the stream has one {what} section per GoP; use the per-GoP accessor")
+        raise ValueError(f"the stream has one {what} section per GoP; index its {what.lower()}_sections")
     return sections[0] if sections else b""
 
 
@@ -715,7 +705,9 @@ def bits_breakdown(data: bytes) -> dict[str, int]:
     """Bits by part: ``header`` (magic, version, fields, section count, CRC), ``inr`` or
     ``keyframes`` (the conditioning), and ``adapter`` (the adapter sections, whatever their
     family); 0 where a stream has none, each section's name and length prefix included, per-GoP
-    sections summed; the parts sum to ``total`` = 8 x file size."""
+    sections summed; the parts sum to ``total`` = 8 x file size. The header and the section
+    layout are checked first (:func:`read_header`)."""
+    read_header(data)
     version, values, sections = read_container(data, SCHEMAS)
     result = {"header": 0, "inr": 0, "keyframes": 0, "adapter": 0}
     for name, bits in bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections):

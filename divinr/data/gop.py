@@ -187,11 +187,13 @@ def latent_coordinates(gops: Sequence[GoP | GoPSpan]) -> list[torch.Tensor]:
         One float32 tensor of shape (num_latent,) per GoP; a lone latent frame gets 0.0.
     """
     total = sum(g.num_latent for g in gops)
+    return [_spread(g.latent_start, g.num_latent, total) for g in gops]
+
+
+def _spread(start: int, count: int, total: int) -> torch.Tensor:
+    """Latent frames ``start .. start + count - 1`` of ``total`` at k / (total - 1) (a lone frame at 0)."""
     scale = 1.0 / (total - 1) if total > 1 else 0.0
-    return [
-        torch.arange(g.latent_start, g.latent_start + g.num_latent, dtype=torch.float64).mul(scale).float()
-        for g in gops
-    ]
+    return torch.arange(start, start + count, dtype=torch.float64).mul(scale).float()
 
 
 def gop_coordinates(gops: Sequence[GoP | GoPSpan], *, per_gop: bool = False) -> list[torch.Tensor]:
@@ -199,4 +201,4 @@ def gop_coordinates(gops: Sequence[GoP | GoPSpan], *, per_gop: bool = False) -> 
     per sequence, or (``per_gop``) each GoP's latent frames spread over [0, 1] on their own."""
     if not per_gop:
         return latent_coordinates(gops)
-    return [latent_coordinates([GoPSpan(0, 0, g.num_real, g.num_latent, 0, g.num_latent)])[0] for g in gops]
+    return [_spread(0, g.num_latent, g.num_latent) for g in gops]

@@ -153,12 +153,9 @@ class Decoded:
     fps: float
 
 
-def build_inr_from_stream(stream: Bitstream, gop: int = 0) -> LatentINR:
-    """Rebuild the INR (of GoP ``gop``, where each has its own) from the header and load its dequantised tensors.
-
-    The architecture is first built on the meta device, so an impossible or oversized one from
-    a corrupt header is refused before any memory is allocated.
-    """
+def _inr_architecture(stream: Bitstream) -> LatentINR:
+    """The stream's INR architecture on the meta device, after refusing an impossible or oversized
+    one from a corrupt header before any memory is allocated (the limit counts every GoP's INR)."""
     header = stream.header
     size = header.latent_size if header.kind == CodecKind.DIVINR else (header.height, header.width)
     try:
@@ -166,11 +163,23 @@ def build_inr_from_stream(stream: Bitstream, gop: int = 0) -> LatentINR:
             probe = LatentINR(header.inr, size)
     except PresetError as err:
         raise BitstreamError(f"the header describes an impossible INR ({err}); the bitstream is corrupt") from None
-    if count_parameters(probe) > MAX_INR_PARAMETERS:
-        raise BitstreamError(f"the header describes an INR over {MAX_INR_PARAMETERS} parameters; the bitstream is corrupt")
-    inr = LatentINR(header.inr, size)
+    total = count_parameters(probe) * len(stream.inr_sections)
+    if total > MAX_INR_PARAMETERS:
+        raise BitstreamError(
+            f"the header describes {len(stream.inr_sections)} INR(s) of {count_parameters(probe):,} parameters, over "
+            f"{MAX_INR_PARAMETERS:,} in all; the bitstream is corrupt"
+        )
+    return probe
+
+
+def build_inr_from_stream(stream: Bitstream, gop: int = 0) -> LatentINR:
+    """Rebuild the INR (section ``gop`` of a stream with one per GoP) from the header and load its
+    dequantised tensors; the architecture is checked first (:func:`_inr_architecture`)."""
+    header = stream.header
+    probe = _inr_architecture(stream)
+    inr = LatentINR(header.inr, probe.output_size)
     expected = {name: tuple(t.shape) for name, t in inr.state_dict().items()}
-    inr.load_state_dict(decode_tensors(stream.inr_section_of(gop), expected, header.quant_bits))
+    inr.load_state_dict(decode_tensors(stream.inr_sections[gop], expected, header.quant_bits))
     return inr.eval()
 
 
@@ -178,9 +187,10 @@ def stream_conditioner(stream: Bitstream, backbone: Backbone, device: torch.devi
     """How the stream conditions each GoP: its INR at the GoP's latent coordinates, or the GoP's
     JPEG keyframe through ``backbone``'s VAE (:mod:`divinr.models.keyframes`).
 
-    The INR (every GoP's, where each has its own: they are small) is decoded here; the keyframe
-    files are split and their headers checked here, but each is decoded only when its GoP is, so
-    a range decode touches only its GoPs' files.
+    The INR is decoded here (where each GoP has its own, their architecture is checked here and
+    each is decoded when its GoP is, holding one at a time); the keyframe files are split and
+    their headers checked here, but each is decoded only when its GoP is, so a range decode
+    touches only its GoPs' sections.
     """
     header = stream.header
     if header.conditioning == Conditioning.JPEG:
@@ -195,9 +205,20 @@ def stream_conditioner(stream: Bitstream, backbone: Backbone, device: torch.devi
             return keyframe_conditioning(latent.to(device), span.num_latent)
 
         return keyframes
-    inrs = [build_inr_from_stream(stream, gop).to(device) for gop in range(len(stream.inr_sections))]
     ones_mask = header.mask_mode == MaskMode.ONES
-    return lambda span, f: dit_conditioning(inrs[span.index % len(inrs)], f.to(device), ones_mask=ones_mask)
+    if not header.per_gop_inr:
+        inr = build_inr_from_stream(stream).to(device)
+        return lambda span, f: dit_conditioning(inr, f.to(device), ones_mask=ones_mask)
+    _inr_architecture(stream)
+    current: dict[int, LatentINR] = {}
+
+    def own_inr(span: GoPSpan, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if span.index not in current:
+            current.clear()
+            current[span.index] = build_inr_from_stream(stream, span.index).to(device)
+        return dit_conditioning(current[span.index], f.to(device), ones_mask=ones_mask)
+
+    return own_inr
 
 
 def _adapted_layers(backbone: Backbone, header: StreamHeader) -> dict[str, tuple[int, ...]]:
@@ -224,14 +245,13 @@ def install_adapters(backbone: Backbone, stream: Bitstream) -> None:
 
 
 def gop_adapters(backbone: Backbone, stream: Bitstream) -> Callable[[int], None]:
-    """For a stream whose GoPs have their own adapters: every GoP's tensors decoded (and checked)
-    now, and a switch that gives the DiT the weights of one GoP, W0 restored exactly and that GoP's
-    adapters merged (:func:`~divinr.models.adapters.restore_layers`), so any GoP decodes as it
-    would alone."""
+    """For a stream whose GoPs have their own adapters: a switch that gives the DiT the weights of
+    one GoP, W0 restored exactly (from a CPU snapshot of the adapted layers) and that GoP's adapters
+    decoded and merged (:func:`~divinr.models.adapters.restore_layers`), so any GoP decodes as it
+    would alone and a range decode reads only its GoPs' sections."""
     header = stream.header
     expected = _adapted_layers(backbone, header)
     names = list(adapter_layers(backbone.transformer))
-    tensors = [decode_tensors(section, expected, header.quant_bits) for section in stream.adapter_sections]
     eject_adapters(backbone.transformer)  # never merged: exact
     snapshot = snapshot_layers(backbone.transformer, names)
     current: list[int] = []
@@ -242,7 +262,8 @@ def gop_adapters(backbone: Backbone, stream: Bitstream) -> Callable[[int], None]
         restore_layers(backbone.transformer, snapshot)
         current.clear()
         _adapted_layers(backbone, header)
-        load_adapter_state_dict(backbone.transformer, tensors[gop])
+        tensors = decode_tensors(stream.adapter_sections[gop], expected, header.quant_bits)
+        load_adapter_state_dict(backbone.transformer, tensors)
         merge_adapters(backbone.transformer)
         current.append(gop)
 

@@ -232,11 +232,14 @@ def merge_adapters(model: nn.Module) -> None:
 
 
 def snapshot_layers(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
-    """The unadapted modules ``names`` of ``model`` and copies of their weights, for :func:`restore_layers`."""
+    """The unadapted modules ``names`` of ``model`` and copies of their weights on the CPU (so a
+    GPU holds the weights once), for :func:`restore_layers`."""
     layers = {name: model.get_submodule(name) for name in names}
     if any(name in adapter_layers(model) for name in names):
         raise PresetError("snapshot the layers before adapting them")
-    return {name: (m, {k: v.detach().clone() for k, v in m.state_dict().items()}) for name, m in layers.items()}
+    return {
+        name: (m, {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}) for name, m in layers.items()
+    }
 
 
 @torch.no_grad()

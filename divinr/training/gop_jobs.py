@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from divinr.atomic import atomic_write_text
+from divinr.atomic import atomic_path, atomic_write_text
 from divinr.compression.bitstream import StreamHeader, encode_tensors
 from divinr.data.video import Video
 from divinr.errors import DivinrError, PresetError
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from divinr.training.encoder import EncoderConfig
 
 PART_NAME = "part.json"
+FRAMES_NAME = "frames.pt"
 LAUNCHERS = ("inline", "local", "slurm")
 
 
@@ -67,14 +69,17 @@ class GoPLauncher:
 class GoPJob:
     """One GoP's training: everything a job on another machine needs, and nothing it must share.
 
-    ``video`` holds the GoP's own frames (padded to the coded size); ``header`` is the stream's
-    planned header (backbone fingerprint and layer count still unknown).
+    The GoP's frames (padded to the coded size) wait in ``frames.pt`` in its folder, so a job's
+    pickle stays small however long the video; ``digest`` names the finished part (see
+    :func:`part_digest`); ``header`` is the stream's planned header (backbone fingerprint and
+    layer count still unknown).
     """
 
     config: EncoderConfig
     header: StreamHeader
     index: int
-    video: Video
+    fps: float
+    digest: str
     workdir: Path
     progress: bool = False
 
@@ -82,15 +87,23 @@ class GoPJob:
     def folder(self) -> Path:
         return self.workdir / f"gop-{self.index:04d}"
 
-    def digest(self) -> str:
-        """Names the finished part: settings, the GoP's place and frames (not the backbone's
-        weights, which only a loaded backbone knows; parts record their fingerprint instead)."""
-        settings = {
-            "header": replace(self.header, backbone_fingerprint=bytes(16), nola_layers=0), "gop": self.index,
-            "backbone_path": self.config.backbone_path, "phases": self.config.phases, "loss": self.config.loss,
-            "seed": self.config.seed, "weight_decay": self.config.weight_decay,
-        }  # fmt: skip
-        return settings_digest(settings, self.video.frames)
+    @property
+    def frames_file(self) -> Path:
+        return self.folder / FRAMES_NAME
+
+    def video(self) -> Video:
+        return Video(torch.load(self.frames_file, weights_only=True), self.fps)
+
+
+def part_digest(config: EncoderConfig, header: StreamHeader, index: int, frames: torch.Tensor) -> str:
+    """Names a finished part: the settings, the GoP's place and its frames. Not the backbone's
+    weights, which only a loaded backbone knows: parts record their fingerprint instead."""
+    settings = {
+        "header": replace(header, backbone_fingerprint=bytes(16), nola_layers=0), "gop": index,
+        "backbone_path": config.backbone_path, "phases": config.phases, "loss": config.loss, "seed": config.seed,
+        "weight_decay": config.weight_decay, "precision": config.precision,
+    }  # fmt: skip
+    return settings_digest(settings, frames)
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,7 @@ def read_part(job: GoPJob) -> GoPPart | None:
         stored = json.loads(path.read_text())
     except ValueError:
         return None  # a part is written atomically: an unreadable one is foreign, train again
-    if stored.get("digest") != job.digest():
+    if stored.get("digest") != job.digest:
         return None
     return GoPPart(
         stored["index"], base64.b64decode(stored["inr"]), base64.b64decode(stored["adapter"]),
@@ -130,14 +143,14 @@ def read_part(job: GoPJob) -> GoPPart | None:
     )  # fmt: skip
 
 
-def train_gops(jobs: Sequence[GoPJob], threads: int | None = None, callbacks: Sequence[Any] = ()) -> list[int]:
-    """Train the GoPs of ``jobs`` one after another on one backbone, skipping finished ones; what a
-    job of the launcher runs. Returns the indices trained here."""
+def train_gops(jobs: Sequence[GoPJob], threads: int | None = None, callbacks: Sequence[Any] = ()) -> None:
+    """Train the GoPs of ``jobs`` one after another on one backbone, skipping finished ones: what a
+    job of the launcher runs."""
     if threads is not None:
         torch.set_num_threads(threads)
     todo = [job for job in jobs if read_part(job) is None]
     if not todo:
-        return []
+        return
     config = todo[0].config
     backbone = load_backbone(
         config.backbone, path=config.backbone_path, dtype=config.model_dtype(), device=config.resolved_device(),
@@ -146,21 +159,28 @@ def train_gops(jobs: Sequence[GoPJob], threads: int | None = None, callbacks: Se
     fingerprint = backbone_fingerprint(backbone)
     for job in todo:
         _train_one(job, backbone, fingerprint, callbacks)
-    return [job.index for job in todo]
 
 
 def _train_one(job: GoPJob, backbone: Backbone, fingerprint: bytes, callbacks: Sequence[Any]) -> None:
-    """Train one GoP with fresh adapters (removed again afterwards) and write its part."""
+    """Train one GoP with fresh adapters (removed again afterwards), write its part, and drop what
+    only an unfinished training needs (its checkpoints, latents and frames)."""
     from divinr.codec.divinr import inr_tensors
     from divinr.training.encoder import train_codec
 
     start = time.perf_counter()
     config = job.config
+    if str(config.model_dtype()).removeprefix("torch.") != job.header.model_dtype:
+        raise DivinrError(
+            f"GoP {job.index} would train with a {config.model_dtype()} DiT but the stream's header says "
+            f"{job.header.model_dtype}; set training.precision (and the device) explicitly"
+        )
     with workdir_lock(job.folder):
+        if read_part(job) is not None:  # finished by another job since this one's list was made
+            return
         adapted = backbone.adapt(config.adapter_config, init_seed=config.seed)
         try:
             module, history = train_codec(
-                job.video, config, job.header, backbone, fingerprint, workdir=job.folder / "train",
+                job.video(), config, job.header, backbone, fingerprint, workdir=job.folder / "train",
                 callbacks=callbacks, progress=job.progress,
             )  # fmt: skip
             adapter = adapter_state_dict(backbone.transformer)
@@ -171,7 +191,9 @@ def _train_one(job: GoPJob, backbone: Backbone, fingerprint: bytes, callbacks: S
             )  # fmt: skip
         finally:
             eject_adapters(backbone.transformer)  # never merged: the next GoP adapts the backbone as loaded
-        atomic_write_text(job.folder / PART_NAME, part.to_json(job.digest()))
+        atomic_write_text(job.folder / PART_NAME, part.to_json(job.digest))
+        shutil.rmtree(job.folder / "train", ignore_errors=True)
+        job.frames_file.unlink(missing_ok=True)
 
 
 def run_jobs(jobs: Sequence[GoPJob], launcher: GoPLauncher, callbacks: Sequence[Any] = ()) -> list[GoPPart]:
@@ -192,40 +214,57 @@ def run_jobs(jobs: Sequence[GoPJob], launcher: GoPLauncher, callbacks: Sequence[
 
 
 def _submit(todo: Sequence[GoPJob], launcher: GoPLauncher) -> None:
-    """Run ``todo`` through submitit and wait; a failed job raises with its own traceback and log folder."""
+    """Run ``todo`` through submitit and wait for every job; failures are reported together, after
+    the others finished (no job is left writing into the folder)."""
     import submitit
 
     folder = todo[0].workdir / "jobs"
     if launcher.kind == "local":
         executor: Any = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=launcher.timeout_min)
         workers = min(launcher.workers, len(todo))
         threads = launcher.threads or max(1, (os.cpu_count() or 1) // workers)
-        submitted = [executor.submit(train_gops, list(todo[k::workers]), threads) for k in range(workers)]
+        # submitit hides the GPUs from a local job unless given some: one each, round robin
+        gpus = torch.cuda.device_count() if todo[0].config.resolved_device().type == "cuda" else 0
+        submitted = []
+        for k in range(workers):
+            visible = {"gpus_per_node": 1, "visible_gpus": [k % gpus]} if gpus else {}
+            executor.update_parameters(timeout_min=launcher.timeout_min, **visible)
+            submitted.append(executor.submit(train_gops, list(todo[k::workers]), threads))
     else:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         parallel = {"slurm_array_parallelism": launcher.workers} if launcher.workers else {}
-        executor.update_parameters(**launcher.slurm, **parallel)
+        executor.update_parameters(**{**parallel, **launcher.slurm})
         submitted = executor.map_array(train_gops, [[job] for job in todo])
+    failures = []
     for job in submitted:
         try:
             job.result()
-        except Exception as exc:  # noqa: BLE001 - re-raised with where to look
-            raise DivinrError(
-                f"GoP job {job.job_id} failed ({type(exc).__name__}); its log is in {folder}; finished GoPs are kept, "
-                "run the encode again to resume the others"
-            ) from exc
+        except Exception as exc:  # noqa: BLE001 - collected, then re-raised with where to look
+            failures.append((job.job_id, exc))
+    if failures:
+        ids = ", ".join(f"{job_id} ({type(exc).__name__}: {exc})" for job_id, exc in failures)
+        raise DivinrError(
+            f"GoP jobs failed: {ids}; their logs are in {folder}. GoPs that finished keep their parts in "
+            f"{todo[0].workdir}: run the encode again with the same work folder to train only the others"
+        ) from failures[0][1]
 
 
 def gop_jobs(video: Video, config: EncoderConfig, header: StreamHeader, workdir: Path, progress: bool) -> list[GoPJob]:
-    """One job per GoP of ``video`` (padded to the coded size)."""
+    """One job per GoP of ``video`` (padded to the coded size); the frames of every GoP without a
+    finished part are written to its folder for its job to read."""
     from divinr.data.gop import plan_gops
 
-    return [
-        GoPJob(config, header, span.index, replace(video, frames=video.frames[span.start : span.start + span.num_real]),
-               workdir, progress)
-        for span in plan_gops(video.num_frames, config.gop_size)
-    ]  # fmt: skip
+    jobs = []
+    for span in plan_gops(video.num_frames, config.gop_size):
+        frames = video.frames[span.start : span.start + span.num_real]
+        job = GoPJob(config, header, span.index, video.fps, part_digest(config, header, span.index, frames), workdir,
+                     progress)  # fmt: skip
+        if read_part(job) is None:
+            job.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(job.frames_file) as tmp:
+                torch.save(frames.clone(), tmp)  # a clone: a saved view would carry the whole video
+        jobs.append(job)
+    return jobs
 
 
 def assembled_header(header: StreamHeader, parts: Sequence[GoPPart]) -> StreamHeader:
