@@ -83,9 +83,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{bits['adapter']:,} / {bits['header']:,} | {number_cell(p['psnr'], 2)} | {number_cell(p['ms_ssim'], 4)} | "
             f"{p['encode_seconds']:.0f} |"
         )
-    lines += ["", "## Encode wall time, per-GoP training on the local launcher", ""]
-    lines += [f"- {row['workers']} worker(s): {row['encode_seconds']:.1f} s ({row['clip']}, {row['rate_point']}; "
-              f"same stream as 1 worker: {row['same_stream']})" for row in report["timing"]]  # fmt: skip
+    lines += ["", "## Encode wall time (training and coding; the decode is not included)", "",
+              "| clip | point | curve | encode s | same stream as 1 worker |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {row['clip']} | {row['rate_point']} | {titles[row['codec']]} | {row['encode_seconds']:.1f} | "
+              f"{'—' if row['same_stream'] is None else row['same_stream']} |" for row in report["timing"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -94,19 +95,20 @@ def _signed(value: float | None) -> str:
 
 
 def timing(results: list[RunResult], out: Path) -> list[dict[str, Any]]:
-    """The per-GoP point coded with 1 and with 2 workers: wall time, and whether the streams agree."""
+    """The timed point coded by one sequence model, and per GoP with 1 and with 2 local workers:
+    wall time of the encode, and whether the two per-GoP streams are the same bytes."""
     rows = []
-    for codec, workers in (("divinr-gop", 1), (TIMING.codec, 2)):
+    for codec, workers in ((REFERENCE, None), ("divinr-gop", 1), (TIMING.codec, 2)):
         for clip, targets in TIMING.values.items():  # type: ignore[union-attr]
             point = f"bpp{targets[0]:g}"
             match = [r for r in results if r.codec == codec and r.sequence == clip and r.rate_point == point]
             if match:
-                rows.append({"workers": workers, "clip": clip, "rate_point": point,
+                rows.append({"codec": codec, "workers": workers, "clip": clip, "rate_point": point,
                              "encode_seconds": match[0].encode_seconds, "stream": _stream(out, match[0])})  # fmt: skip
     single = next((row["stream"] for row in rows if row["workers"] == 1), None)
     for row in rows:
-        row["same_stream"] = None if single is None else row.pop("stream") == single
-        row.pop("stream", None)
+        stream = row.pop("stream")
+        row["same_stream"] = None if single is None or row["workers"] is None else stream == single
     return rows
 
 
