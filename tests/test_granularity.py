@@ -353,3 +353,38 @@ def test_a_stream_declaring_too_many_gop_inrs_is_refused_before_any_work(per_gop
     many = [(f"inr.{g}", sections["inr.0"]) for g in range(gops)] + [(f"nola.{g}", sections["nola.0"]) for g in range(gops)]
     with pytest.raises(BitstreamError, match=r"2000 INR\(s\) of [\d,]+ parameters, over 64,000,000 in all"):
         decompress(rewritten(per_gop.data, many, frames=gops * GOP), device="cpu", progress=False)
+
+
+# -- the committed measurement (benchmarks.granularity on mini) -----------------------------------
+MEASURED = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "granularity-mini" / "runs"
+SCOPES = {"granularity_sequence": ("sequence", "sequence"), "granularity_gop_shared": ("gop", "sequence"),
+          "granularity_gop": ("gop", "gop"), "granularity_gop_2workers": ("gop", "gop")}  # fmt: skip
+
+
+def test_the_committed_points_are_their_streams_at_their_targets() -> None:
+    """Every committed point's bpp is its file's, its header has its curve's granularity, it lands
+    within 15% of its target, today's rate search still picks what was coded, and two local
+    workers (one thread each) coded the stream one worker (two threads) did, up to the rounding of
+    the training: same header and section sizes."""
+    from divinr.rate import bits_per_pixel
+    from divinr.rate_control import adapter_shapes, size_for_target
+    from divinr.results import read_result
+
+    points = sorted(MEASURED.glob("*/clip/*/*/results.json"))
+    assert {p.parts[-5] for p in points} == set(SCOPES) and len(points) >= 12
+    for path in points:
+        result = read_result(path)
+        data = (path.parent / result.bitstream).read_bytes()
+        assert result.bpp == bits_per_pixel(len(data), result.frames, result.width, result.height)
+        header = unpack(data).header
+        granularity, scope = SCOPES[path.parts[-5]]
+        assert (header.granularity.name.lower(), header.nola_scope.name.lower()) == (granularity, scope)
+        assert len(unpack(data).inr_sections) == (2 if granularity == "gop" else 1)
+        target = float(result.rate_point.removeprefix("bpp"))
+        assert abs(result.bpp / target - 1) < 0.15, path
+        assert size_for_target(target, header, adapter_shapes(header)).config == header.inr
+    one, two = (
+        (MEASURED / exp / "clip" / "bikes" / "bpp0.13" / "stream.dvr").read_bytes()
+        for exp in ("granularity_gop", "granularity_gop_2workers")
+    )
+    assert unpack(one).header == unpack(two).header and bits_breakdown(one) == bits_breakdown(two)
