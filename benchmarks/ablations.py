@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "ablations.csv", table.getvalue())
     for clip in clips:
         figures = plot_rd_curves([r for r in results if r.sequence == clip], out / f"rd_{clip}", BD_METRICS, ("png",),
-                                 log_x=True)  # fmt: skip
+                                 log_x=True, title=clip)  # fmt: skip
         print(*figures, sep="\n")
     print(markdown(report))
     return 0

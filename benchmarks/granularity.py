@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "granularity.md", markdown(report))
     for clip in clips:
         curves = [r for r in results if r.sequence == clip and r.codec != TIMING.codec]
-        print(*plot_rd_curves(curves, out / f"rd_{clip}", BD_METRICS, ("png",), log_x=True), sep="\n")
+        print(*plot_rd_curves(curves, out / f"rd_{clip}", BD_METRICS, ("png",), log_x=True, title=clip), sep="\n")
     print(markdown(report))
     return 0
 

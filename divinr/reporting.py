@@ -263,6 +263,7 @@ def plot_rd_curves(
     anchor: str = ANCHOR_CODEC,
     log_x: bool = False,
     fid_stats: FidStats | None = None,
+    title: str | None = None,
 ) -> list[Path]:
     """Draw one figure per dataset, one subplot per metric, one line per codec (Fig. 4 style).
 
@@ -278,12 +279,14 @@ def plot_rd_curves(
         anchor: codec to highlight.
         log_x: logarithmic bpp axis.
         fid_stats: draw the pooled per-dataset FID instead of the mean FID (see :func:`rd_points`).
+        title: the figures' title instead of the dataset's name (e.g. the one clip they show).
 
     Returns:
         The written files.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     for fmt in formats:
         if fmt not in FIGURE_FORMATS:
@@ -320,8 +323,12 @@ def plot_rd_curves(
             ax.set_xlabel("bpp")
             if log_x:
                 ax.set_xscale("log")
+                # rates often span less than a decade: label 1, 1.5, 2, 3, 5, 7 x 10^k, never the minor ticks
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(True, alpha=0.3)
-        figure.suptitle(dataset_title(dataset))
+        figure.suptitle(title or dataset_title(dataset))
         ordered = [handles[c] for c in codecs if c in handles]
         figure.legend(
             ordered, [h.get_label() for h in ordered], loc="outside lower center", ncols=1,
