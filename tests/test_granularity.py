@@ -388,3 +388,19 @@ def test_the_committed_points_are_their_streams_at_their_targets() -> None:
         for exp in ("granularity_gop", "granularity_gop_2workers")
     )
     assert unpack(one).header == unpack(two).header and bits_breakdown(one) == bits_breakdown(two)
+
+
+def test_a_logger_gets_every_gops_training_curves(clip, per_gop, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    again = DiVINRCodec(config(), progress=False).encode(clip, logger=logger)
+    assert again.data == per_gop.data
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
+    epochs = len(again.history) // 2
+    for gop in (0, 1):
+        losses = [float(r[f"gop{gop}/train/loss"]) for r in rows if r.get(f"gop{gop}/train/loss")]
+        assert losses == [row["train/loss"] for row in again.history if row["gop"] == gop] and len(losses) == epochs
+    assert [int(r["step"]) for r in rows] == list(range(2 * epochs))

@@ -190,6 +190,15 @@ def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[
     return pack_sections(header, coded, [encode_tensors(adapter, header.quant_bits)] if adapter else [])
 
 
+def log_gop_histories(logger: Any, history: Sequence[dict[str, float]]) -> None:
+    """Hand per-GoP epoch histories to a Lightning logger as ``gop<g>/<metric>``, one step per row in
+    GoP order (steps must grow for W&B: GoP g's curve is the g-th stretch of the step axis)."""
+    for step, row in enumerate(history):
+        gop = int(row["gop"])
+        logger.log_metrics({f"gop{gop}/{k}": v for k, v in row.items() if k != "gop"}, step=step)
+    logger.save()
+
+
 class Trained(NamedTuple):
     """A trained encoder before coding: the INR (eval mode; None under JPEG conditioning), its module,
     the complete header and the JPEG keyframes it conditioned on (none under INR conditioning)."""
@@ -343,13 +352,15 @@ class DiVINRCodec(Codec):
     ) -> Encoded:
         """Train (:meth:`train`) and code; ``reconstruct`` decodes with the training's own backbone.
 
-        With per-GoP adapters the GoPs train alone (:mod:`divinr.training.gop_jobs`): ``logger``
-        is not used (each GoP's history is in the result's, tagged ``gop``) and ``reconstruct``
-        decodes with a freshly loaded backbone.
+        With per-GoP adapters the GoPs train alone (:mod:`divinr.training.gop_jobs`): their
+        epoch histories (in the result's, tagged ``gop``) reach ``logger`` once all have finished,
+        as ``gop<g>/<metric>``, and ``reconstruct`` decodes with a freshly loaded backbone.
         """
         start = time.perf_counter()
         if self._encoder_config().adapter_scope == "gop":
             data, header, history, size = self._encode_gops(video, Path(workdir) if workdir else None, callbacks)
+            if logger is not None:
+                log_gop_histories(logger, history)
             decode = self.decompress if reconstruct else None
         else:
             trained = self.train(video, workdir=workdir, logger=logger, callbacks=callbacks)
