@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ablations import Ablation, bd_rows, finished, number_cell, point_row, run_curve, small_run
+from benchmarks.ablations import BD_METRICS, Ablation, bd_rows, finished, number_cell, point_row, run_curve, small_run
 from benchmarks.quality import int_list
 from divinr.atomic import atomic_write_text
 from divinr.errors import EXIT_USER_ERROR, DivinrError
@@ -56,7 +56,6 @@ TIMING = Ablation(
     ("exp_name=granularity_gop_2workers", "granularity=gop", "gop_jobs.kind=local", "gop_jobs.workers=2"),
     values={"bikes": (TARGETS["bikes"][0],)},
 )  # fmt: skip
-BD_METRICS = ("psnr", "ms_ssim")
 
 
 def markdown(report: dict[str, Any]) -> str:

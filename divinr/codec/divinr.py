@@ -36,6 +36,7 @@ from divinr.compression.bitstream import (
     Granularity,
     MaskMode,
     StreamHeader,
+    adapter_payload,
     encode_tensors,
     pack,
     pack_sections,
@@ -122,8 +123,7 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
     default settings, so settings that cannot change the stream do not change its bytes.
     """
     width, height = coded_size(video.width, video.height)
-    per_gop = config.granularity == "gop"
-    num_latent = inr_latent_frames(video.num_frames, config.gop_size, per_gop=per_gop)
+    num_latent = inr_latent_frames(video.num_frames, config.gop_size, per_gop=config.granularity == "gop")
     keyframed = config.conditioning == "jpeg"
     inr = UNUSED_INR if keyframed else planned_inr(config.inr, config.inr_overrides, num_latent, (height // 8, width // 8))
     header = StreamHeader(
@@ -148,8 +148,8 @@ def plan_header(video: Video, config: EncoderConfig) -> StreamHeader:
         lora=config.lora if config.adapter == "lora" else LoRAConfig(),
         vera=config.vera if config.adapter == "vera" else VeRAConfig(),
         conditioning=Conditioning.JPEG if keyframed else Conditioning.INR,
-        granularity=Granularity.GOP if per_gop else Granularity.SEQUENCE,
-        nola_scope=Granularity.GOP if config.adapter_scope == "gop" else Granularity.SEQUENCE,
+        granularity=Granularity[config.granularity.upper()],
+        nola_scope=Granularity[config.adapter_scope.upper()],
     )
     schema = writer_schema(StreamHeader)
     try:
@@ -187,7 +187,7 @@ def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[
         return pack(header, inr_tensors(module.inr, header), adapter)
     inrs = list(module.inr) if isinstance(module.inr, GoPINRs) else [module.inr]
     coded = [encode_tensors(inr_tensors(inr, header), header.quant_bits) for inr in inrs]
-    return pack_sections(header, coded, [encode_tensors(adapter, header.quant_bits)] if adapter else [])
+    return pack_sections(header, coded, adapter_payload(header, adapter))
 
 
 def log_gop_histories(logger: Any, history: Sequence[dict[str, float]]) -> None:
@@ -307,8 +307,9 @@ class DiVINRCodec(Codec):
 
         config = self._encoder_config()
         launcher = self.launcher or GoPLauncher()
-        device = {"inline": str(config.resolved_device()), "local": config.resolved_device().type}.get(launcher.kind)
-        config = replace(config, precision=config.resolved_precision(), device=device or config.device)
+        here = config.resolved_device()
+        device = {"inline": str(here), "local": here.type}.get(launcher.kind, config.device)
+        config = replace(config, precision=config.resolved_precision(), device=device)
         if workdir is None and launcher.kind == "slurm":
             raise PresetError("Slurm GoP jobs write their parts to a work folder the nodes share: pass workdir")
         header = plan_header(video, config)
@@ -320,7 +321,7 @@ class DiVINRCodec(Codec):
             del backbone
         padded = pad_video(video, header.width, header.height)
         with ExitStack() as stack:
-            folder = Path(workdir) if workdir else Path(stack.enter_context(TemporaryDirectory(prefix="divinr-gops-")))
+            folder = workdir or Path(stack.enter_context(TemporaryDirectory(prefix="divinr-gops-")))
             with workdir_lock(folder):
                 parts = run_jobs(gop_jobs(padded, config, header, folder, self.progress), launcher, callbacks)
         header = assembled_header(header, parts)

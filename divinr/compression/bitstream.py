@@ -581,25 +581,26 @@ def pack(
     A JPEG-conditioned header takes ``keyframes`` (one JPEG file per GoP) and no INR tensors.
     Per-GoP streams are assembled from their coded sections by :func:`pack_sections`.
     """
-    fields = writer_schema(type(header)).to_fields(header)
-    if _keyframe_conditioned(fields):
+    if isinstance(header, StreamHeader) and header.conditioning == Conditioning.JPEG:
         if inr_tensors:
             raise ValueError("a JPEG-conditioned stream carries keyframes, not INR tensors")
         from divinr.compression.jpeg import pack_keyframes
 
-        return pack_sections(header, [], _adapter_payloads(header, [adapter_tensors]), pack_keyframes(keyframes))
+        return pack_sections(header, [], adapter_payload(header, adapter_tensors), pack_keyframes(keyframes))
     if keyframes:
         raise ValueError("keyframes need a JPEG-conditioned header")
     inr = [encode_tensors(inr_tensors, header.quant_bits)]
-    return pack_sections(header, inr, _adapter_payloads(header, [adapter_tensors]))
+    return pack_sections(header, inr, adapter_payload(header, adapter_tensors))
 
 
-def _adapter_payloads(header: Header, adapter_tensors: Sequence[Mapping[str, torch.Tensor]]) -> list[bytes]:
-    if not any(adapter_tensors):
+def adapter_payload(header: Header, adapter_tensors: Mapping[str, torch.Tensor]) -> list[bytes]:
+    """The coded adapter section of one adapter set, as :func:`pack_sections` takes it: none when
+    there are no adapter tensors (the pixel baseline, NOLA with b = 0)."""
+    if not adapter_tensors:
         return []
     if not isinstance(header, StreamHeader):
         raise ValueError("only DiV-INR streams carry adapter tensors")
-    return [encode_tensors(tensors, header.quant_bits) for tensors in adapter_tensors]
+    return [encode_tensors(adapter_tensors, header.quant_bits)]
 
 
 def pack_sections(
@@ -706,16 +707,12 @@ def bits_breakdown(data: bytes) -> dict[str, int]:
     ``keyframes`` (the conditioning), and ``adapter`` (the adapter sections, whatever their
     family); 0 where a stream has none, each section's name and length prefix included, per-GoP
     sections summed; the parts sum to ``total`` = 8 x file size. The header and the section
-    layout are checked first (:func:`read_header`)."""
-    read_header(data)
-    version, values, sections = read_container(data, SCHEMAS)
+    layout are checked first, so every section is one the header implies."""
+    schema, values, named = _read(data)
     result = {"header": 0, "inr": 0, "keyframes": 0, "adapter": 0}
-    for name, bits in bits_by_part(SCHEMAS[version, value_of(values, "kind", int)], values, sections):
+    for name, bits in bits_by_part(schema.elements, values, list(named.items())):  # file order
         kind = name.split(".")[0]
-        kind = "adapter" if kind in ADAPTER_CODES else kind
-        if kind not in result:
-            raise BitstreamError(f"unknown section {name!r}; the bitstream is corrupt")
-        result[kind] += bits
+        result["adapter" if kind in ADAPTER_CODES else kind] += bits
     result["total"] = 8 * len(data)
     if sum(v for k, v in result.items() if k != "total") != result["total"]:
         raise BitstreamError("section sizes do not add up to the file size; the bitstream is corrupt")

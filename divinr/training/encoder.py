@@ -23,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from divinr.compression.bitstream import Conditioning, StreamHeader
+from divinr.compression.bitstream import Conditioning, Granularity, StreamHeader
 from divinr.compression.jpeg import check_quality, decode_jpeg
 from divinr.data.gop import split_gops
 from divinr.data.video import Video
@@ -158,10 +158,11 @@ class EncoderConfig:
             )
 
     def _check_granularity(self) -> None:
+        kinds = [kind.name.lower() for kind in Granularity]
         for name in ("granularity", "nola_scope"):
             value = getattr(self, name)
-            if value not in ("sequence", "gop") and not (name == "nola_scope" and value is None):
-                raise PresetError(f"{name} must be 'sequence' or 'gop', got {value!r}")
+            if value not in kinds and not (name == "nola_scope" and value is None):
+                raise PresetError(f"{name} must be {' or '.join(repr(k) for k in kinds)}, got {value!r}")
         if self.granularity == "sequence" and self.nola_scope == "gop":
             raise PresetError(
                 "nola_scope='gop' needs granularity='gop': one model per sequence has one adapter set"
