@@ -185,8 +185,7 @@ def pack_module(module: DiVINRModule, header: StreamHeader, keyframes: Sequence[
         return pack(header, {}, adapter, keyframes)
     if not header.per_gop_inr:
         return pack(header, inr_tensors(module.inr, header), adapter)
-    inrs = list(module.inr) if isinstance(module.inr, GoPINRs) else [module.inr]
-    coded = [encode_tensors(inr_tensors(inr, header), header.quant_bits) for inr in inrs]
+    coded = [encode_tensors(inr_tensors(inr, header), header.quant_bits) for inr in module.inr]
     return pack_sections(header, coded, adapter_payload(header, adapter))
 
 

@@ -244,7 +244,7 @@ def train_codec(
     if keyframed != bool(keyframes):
         raise ValueError("JPEG conditioning trains on the stream's keyframes and INR conditioning on none")
     inr: GoPINRs | torch.nn.Module | None = None
-    if header.per_gop_inr and len(gops) > 1:
+    if header.per_gop_inr:
         inr = GoPINRs(build_inr(header.inr, header.latent_size) for _ in gops)
     elif not keyframed:
         inr = build_inr(header.inr, header.latent_size)

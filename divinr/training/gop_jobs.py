@@ -185,7 +185,7 @@ def _train_one(job: GoPJob, backbone: Backbone, fingerprint: bytes, callbacks: S
             )  # fmt: skip
             adapter = adapter_state_dict(backbone.transformer)
             part = GoPPart(
-                job.index, encode_tensors(inr_tensors(module.inr, job.header), config.quant_bits),
+                job.index, encode_tensors(inr_tensors(module.inr[0], job.header), config.quant_bits),
                 encode_tensors(adapter, config.quant_bits) if adapter else b"", fingerprint, len(adapted), history,
                 time.perf_counter() - start,
             )  # fmt: skip
